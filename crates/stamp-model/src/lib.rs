@@ -1,0 +1,22 @@
+//! Stamp's domain model. PURE: no IO, no clock, no async runtime.
+//!
+//! Everything here is a value: validated names, the SKU catalog, Procfiles, settings, the
+//! specification of an instance (what should run) and its observed state (what runs), and the
+//! reconcile function that turns the difference into actions. Runtime crates own the IO; they
+//! pass `now` in as a [`time::Millis`].
+
+pub mod backoff;
+pub mod names;
+pub mod procfile;
+pub mod reconcile;
+pub mod settings;
+pub mod sku;
+pub mod spec;
+pub mod time;
+
+pub use names::{AppName, Digest, InstanceId, NameError, PlanName, ProcessType, SlotName};
+pub use procfile::{Procfile, ProcfileError};
+pub use settings::{SettingError, Settings};
+pub use sku::{Sku, Tier};
+pub use spec::{InstanceKey, InstanceSpec, InstanceState, ObservedInstance, WorkerId};
+pub use time::Millis;

@@ -1,0 +1,99 @@
+//! What should run (an [`InstanceSpec`], desired state) and what runs (an [`ObservedInstance`],
+//! observed state). The controller computes specs; a worker agent reports observations.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::names::{AppName, Digest, InstanceId, PlanName, ProcessType, SlotName};
+use crate::time::Millis;
+
+/// One worker of a plan: a slice of a node of the plan's SKU size. A plan with N workers has
+/// workers 0..N; scaling in removes the highest indexes.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct WorkerId {
+    pub plan: PlanName,
+    pub index: u32,
+}
+
+impl fmt::Display for WorkerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.plan, self.index)
+    }
+}
+
+/// Where an instance belongs: at most one current instance exists per key.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct InstanceKey {
+    pub app: AppName,
+    pub slot: SlotName,
+    pub process_type: ProcessType,
+    pub worker: WorkerId,
+}
+
+/// Everything a worker agent needs to start an instance. Two instances with equal specs are
+/// interchangeable; any difference (release, restart generation) means replace, rolling.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceSpec {
+    pub key: InstanceKey,
+    /// Release number (vN) of the slot this instance runs.
+    pub release: u32,
+    /// Bumped by `stamp app restart`, so equal releases still get fresh instances.
+    pub generation: u64,
+    pub artifact: Digest,
+    pub command: String,
+    /// The app's settings snapshot from the release (platform variables are added by the agent).
+    pub env: BTreeMap<String, String>,
+    /// Time between SIGTERM and SIGKILL when the instance stops.
+    pub grace_period: Millis,
+    /// Milliseconds to wait for `$PORT` to accept connections before the start counts as a crash.
+    pub start_timeout: Millis,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InstanceState {
+    /// Process started, not yet accepting connections on `$PORT`.
+    Starting,
+    /// Accepting connections; in rotation.
+    Ready,
+    /// Exited or failed to start; restarts after its backoff.
+    Crashed,
+    /// Out of rotation, finishing in-flight requests before SIGTERM.
+    Draining,
+    /// SIGTERM sent; SIGKILL follows after the grace period.
+    Stopping,
+}
+
+impl InstanceState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InstanceState::Starting => "starting",
+            InstanceState::Ready => "ready",
+            InstanceState::Crashed => "crashed",
+            InstanceState::Draining => "draining",
+            InstanceState::Stopping => "stopping",
+        }
+    }
+
+    /// Going away: no longer counts as the current instance of its key.
+    pub fn is_leaving(self) -> bool {
+        matches!(self, InstanceState::Draining | InstanceState::Stopping)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObservedInstance {
+    pub id: InstanceId,
+    pub spec: InstanceSpec,
+    pub state: InstanceState,
+    /// The process id while a process runs.
+    pub pid: Option<u32>,
+    /// The port the instance listens on (127.0.0.1).
+    pub port: u16,
+    /// Wall-clock start of the current process (Unix ms).
+    pub started_at: Millis,
+    /// How many times the process has been restarted after a crash.
+    pub restarts: u32,
+}
