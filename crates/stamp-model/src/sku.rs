@@ -256,6 +256,7 @@ mod tests {
         check("S1", 4, usage(Sku::find("B2").unwrap(), 3), Err("only 2000 millicores"));
         check("P2v3", 1, NONE, Ok(()));
         check("P3v3", 1, NONE, Err("not enough node capacity"));
-        check("P1mv3", 1, NONE, Err("not enough node capacity"));
+        check("P1mv3", 1, NONE, Ok(()));
+        check("P1mv3", 2, NONE, Err("not enough node capacity"));
     }
 }
