@@ -19,4 +19,4 @@ pub use procfile::{Procfile, ProcfileError};
 pub use settings::{SettingError, Settings};
 pub use sku::{Sku, Tier};
 pub use spec::{InstanceKey, InstanceSpec, InstanceState, ObservedInstance, WorkerId};
-pub use time::Millis;
+pub use time::{Millis, SystemClock, WallClock};

@@ -36,3 +36,26 @@ impl From<std::time::Duration> for Millis {
         Millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
     }
 }
+
+/// The one source of wall-clock time (release dates, log timestamps), injected so tests can fix it.
+pub trait WallClock: Send + Sync + 'static {
+    /// Milliseconds since the Unix epoch.
+    fn now(&self) -> Millis;
+}
+
+/// The operating system's clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl WallClock for SystemClock {
+    fn now(&self) -> Millis {
+        #[expect(
+            clippy::disallowed_methods,
+            reason = "the one place Stamp reads the wall clock"
+        )]
+        let d = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        Millis::from(d)
+    }
+}
