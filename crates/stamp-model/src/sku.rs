@@ -57,7 +57,6 @@ const fn sku(
     max_instances: u32,
     slots_per_app: u32,
     outbound_connections: u32,
-    autoscale: bool,
 ) -> Sku {
     Sku {
         name,
@@ -67,7 +66,8 @@ const fn sku(
         max_instances,
         slots_per_app,
         outbound_connections,
-        autoscale,
+        // Rule-based autoscale starts at Standard, as in Azure.
+        autoscale: !matches!(tier, Tier::Free | Tier::Shared | Tier::Basic),
     }
 }
 
@@ -78,26 +78,26 @@ const GIB: u32 = 1024;
 
 /// Every SKU Stamp offers, in the order `stamp plan skus` lists them.
 pub const CATALOG: &[Sku] = &[
-    sku("F1", Tier::Free, 250, GIB, 1, 0, 600, false),
-    sku("D1", Tier::Shared, 250, GIB, 1, 0, 600, false),
-    sku("B1", Tier::Basic, 1000, 1792, 3, 0, SMALL, false),
-    sku("B2", Tier::Basic, 2000, 3584, 3, 0, MEDIUM, false),
-    sku("B3", Tier::Basic, 4000, 7 * GIB, 3, 0, LARGE, false),
-    sku("S1", Tier::Standard, 1000, 1792, 10, 5, SMALL, true),
-    sku("S2", Tier::Standard, 2000, 3584, 10, 5, MEDIUM, true),
-    sku("S3", Tier::Standard, 4000, 7 * GIB, 10, 5, LARGE, true),
-    sku("P1v2", Tier::PremiumV2, 1000, 3584, 30, 20, SMALL, true),
-    sku("P2v2", Tier::PremiumV2, 2000, 7 * GIB, 30, 20, MEDIUM, true),
-    sku("P3v2", Tier::PremiumV2, 4000, 14 * GIB, 30, 20, LARGE, true),
-    sku("P0v3", Tier::PremiumV3, 1000, 4 * GIB, 30, 20, SMALL, true),
-    sku("P1v3", Tier::PremiumV3, 2000, 8 * GIB, 30, 20, SMALL, true),
-    sku("P1mv3", Tier::PremiumV3, 2000, 16 * GIB, 30, 20, MEDIUM, true),
-    sku("P2v3", Tier::PremiumV3, 4000, 16 * GIB, 30, 20, MEDIUM, true),
-    sku("P2mv3", Tier::PremiumV3, 4000, 32 * GIB, 30, 20, LARGE, true),
-    sku("P3v3", Tier::PremiumV3, 8000, 32 * GIB, 30, 20, LARGE, true),
-    sku("P3mv3", Tier::PremiumV3, 8000, 64 * GIB, 30, 20, LARGE, true),
-    sku("P4mv3", Tier::PremiumV3, 16000, 128 * GIB, 30, 20, LARGE, true),
-    sku("P5mv3", Tier::PremiumV3, 32000, 256 * GIB, 30, 20, LARGE, true),
+    sku("F1", Tier::Free, 250, GIB, 1, 0, 600),
+    sku("D1", Tier::Shared, 250, GIB, 1, 0, 600),
+    sku("B1", Tier::Basic, 1000, 1792, 3, 0, SMALL),
+    sku("B2", Tier::Basic, 2000, 3584, 3, 0, MEDIUM),
+    sku("B3", Tier::Basic, 4000, 7 * GIB, 3, 0, LARGE),
+    sku("S1", Tier::Standard, 1000, 1792, 10, 5, SMALL),
+    sku("S2", Tier::Standard, 2000, 3584, 10, 5, MEDIUM),
+    sku("S3", Tier::Standard, 4000, 7 * GIB, 10, 5, LARGE),
+    sku("P1v2", Tier::PremiumV2, 1000, 3584, 30, 20, SMALL),
+    sku("P2v2", Tier::PremiumV2, 2000, 7 * GIB, 30, 20, MEDIUM),
+    sku("P3v2", Tier::PremiumV2, 4000, 14 * GIB, 30, 20, LARGE),
+    sku("P0v3", Tier::PremiumV3, 1000, 4 * GIB, 30, 20, SMALL),
+    sku("P1v3", Tier::PremiumV3, 2000, 8 * GIB, 30, 20, SMALL),
+    sku("P1mv3", Tier::PremiumV3, 2000, 16 * GIB, 30, 20, MEDIUM),
+    sku("P2v3", Tier::PremiumV3, 4000, 16 * GIB, 30, 20, MEDIUM),
+    sku("P2mv3", Tier::PremiumV3, 4000, 32 * GIB, 30, 20, LARGE),
+    sku("P3v3", Tier::PremiumV3, 8000, 32 * GIB, 30, 20, LARGE),
+    sku("P3mv3", Tier::PremiumV3, 8000, 64 * GIB, 30, 20, LARGE),
+    sku("P4mv3", Tier::PremiumV3, 16000, 128 * GIB, 30, 20, LARGE),
+    sku("P5mv3", Tier::PremiumV3, 32000, 256 * GIB, 30, 20, LARGE),
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
