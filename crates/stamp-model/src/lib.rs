@@ -9,6 +9,7 @@ pub mod backoff;
 pub mod names;
 pub mod procfile;
 pub mod reconcile;
+pub mod records;
 pub mod settings;
 pub mod sku;
 pub mod spec;
@@ -16,6 +17,7 @@ pub mod time;
 
 pub use names::{AppName, Digest, InstanceId, NameError, PlanName, ProcessType, SlotName};
 pub use procfile::{Procfile, ProcfileError};
+pub use records::{App, Plan, Release};
 pub use settings::{SettingError, Settings};
 pub use sku::{Sku, Tier};
 pub use spec::{InstanceKey, InstanceSpec, InstanceState, ObservedInstance, WorkerId};

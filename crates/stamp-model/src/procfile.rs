@@ -40,16 +40,17 @@ impl Procfile {
             }
             let err = |why: String| ProcfileError::Line { line, why };
             let Some((name, command)) = trimmed.split_once(':') else {
-                return Err(err(format!(
-                    "expected `type: command`, got {trimmed:?}"
-                )));
+                return Err(err(format!("expected `type: command`, got {trimmed:?}")));
             };
             let kind = ProcessType::parse(name.trim()).map_err(|e| err(e.to_string()))?;
             let command = command.trim();
             if command.is_empty() {
                 return Err(err(format!("process type `{kind}` has no command")));
             }
-            if processes.insert(kind.clone(), command.to_string()).is_some() {
+            if processes
+                .insert(kind.clone(), command.to_string())
+                .is_some()
+            {
                 return Err(err(format!("process type `{kind}` is defined twice")));
             }
         }
@@ -108,8 +109,14 @@ mod tests {
         check("worker: x", Err("no `web` process type"));
         check("web python app.py", Err("line 1: expected `type: command`"));
         check("web:\n", Err("line 1: process type `web` has no command"));
-        check("web: a\nweb: b", Err("line 2: process type `web` is defined twice"));
+        check(
+            "web: a\nweb: b",
+            Err("line 2: process type `web` is defined twice"),
+        );
         check("my web: a", Err("line 1: invalid process type"));
-        assert_eq!(Procfile::parse_bytes(&[0xff, 0xfe]), Err(ProcfileError::NotText));
+        assert_eq!(
+            Procfile::parse_bytes(&[0xff, 0xfe]),
+            Err(ProcfileError::NotText)
+        );
     }
 }

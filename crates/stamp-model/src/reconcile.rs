@@ -101,7 +101,9 @@ mod tests {
         actions
             .iter()
             .map(|a| match a {
-                Action::Start(s) => format!("start {}@{} v{}", s.key.app, s.key.worker.index, s.release),
+                Action::Start(s) => {
+                    format!("start {}@{} v{}", s.key.app, s.key.worker.index, s.release)
+                }
                 Action::Stop(id) => format!("stop {id}"),
             })
             .collect()
@@ -137,23 +139,35 @@ mod tests {
         check(&d, &[obs("old", spec("a", 0, 1), Ready)], &["start a@0 v2"]);
         check(
             &d,
-            &[obs("old", spec("a", 0, 1), Ready), obs("new", spec("a", 0, 2), Starting)],
+            &[
+                obs("old", spec("a", 0, 1), Ready),
+                obs("new", spec("a", 0, 2), Starting),
+            ],
             &[],
         );
         check(
             &d,
-            &[obs("old", spec("a", 0, 1), Ready), obs("new", spec("a", 0, 2), Crashed)],
+            &[
+                obs("old", spec("a", 0, 1), Ready),
+                obs("new", spec("a", 0, 2), Crashed),
+            ],
             &[],
         );
         check(
             &d,
-            &[obs("old", spec("a", 0, 1), Ready), obs("new", spec("a", 0, 2), Ready)],
+            &[
+                obs("old", spec("a", 0, 1), Ready),
+                obs("new", spec("a", 0, 2), Ready),
+            ],
             &["stop old"],
         );
         // Once the old one is draining it is no longer counted.
         check(
             &d,
-            &[obs("old", spec("a", 0, 1), Draining), obs("new", spec("a", 0, 2), Ready)],
+            &[
+                obs("old", spec("a", 0, 1), Draining),
+                obs("new", spec("a", 0, 2), Ready),
+            ],
             &[],
         );
     }
@@ -162,7 +176,10 @@ mod tests {
     fn scale_in_and_delete_stop_orphans() {
         check(
             &[spec("a", 0, 1)],
-            &[obs("i0", spec("a", 0, 1), Ready), obs("i1", spec("a", 1, 1), Ready)],
+            &[
+                obs("i0", spec("a", 0, 1), Ready),
+                obs("i1", spec("a", 1, 1), Ready),
+            ],
             &["stop i1"],
         );
         check(&[], &[obs("i0", spec("a", 0, 1), Starting)], &["stop i0"]);
@@ -170,14 +187,21 @@ mod tests {
 
     #[test]
     fn a_leaving_instance_does_not_satisfy_desire() {
-        check(&[spec("a", 0, 1)], &[obs("i0", spec("a", 0, 1), Stopping)], &["start a@0 v1"]);
+        check(
+            &[spec("a", 0, 1)],
+            &[obs("i0", spec("a", 0, 1), Stopping)],
+            &["start a@0 v1"],
+        );
     }
 
     #[test]
     fn duplicates_keep_the_ready_one() {
         check(
             &[spec("a", 0, 1)],
-            &[obs("i0", spec("a", 0, 1), Starting), obs("i1", spec("a", 0, 1), Ready)],
+            &[
+                obs("i0", spec("a", 0, 1), Starting),
+                obs("i1", spec("a", 0, 1), Ready),
+            ],
             &["stop i0"],
         );
     }

@@ -135,7 +135,10 @@ mod tests {
         assert!(matches!(check_name("1X"), Err(SettingError::BadName(_))));
         assert!(matches!(check_name("A-B"), Err(SettingError::BadName(_))));
         assert!(matches!(check_name("PORT"), Err(SettingError::Reserved(_))));
-        assert!(matches!(check_name("STAMP_APP"), Err(SettingError::Reserved(_))));
+        assert!(matches!(
+            check_name("STAMP_APP"),
+            Err(SettingError::Reserved(_))
+        ));
         assert!(check_value(GRACE_PERIOD_SETTING, "10").is_ok());
         assert!(check_value(GRACE_PERIOD_SETTING, "ten").is_err());
         assert_eq!(
@@ -150,9 +153,14 @@ mod tests {
         let s = Settings::default()
             .apply(&[("A".into(), "1".into())].into(), &[])
             .unwrap();
-        let bad = s.apply(&[("B".into(), "2".into()), ("PORT".into(), "1".into())].into(), &[]);
+        let bad = s.apply(
+            &[("B".into(), "2".into()), ("PORT".into(), "1".into())].into(),
+            &[],
+        );
         assert!(bad.is_err());
-        let s2 = s.apply(&[("B".into(), "2".into())].into(), &["A".into()]).unwrap();
+        let s2 = s
+            .apply(&[("B".into(), "2".into())].into(), &["A".into()])
+            .unwrap();
         assert_eq!(s2.0, [("B".to_string(), "2".to_string())].into());
         assert_eq!(s2.grace_period(), DEFAULT_GRACE_PERIOD);
         let s3 = s2

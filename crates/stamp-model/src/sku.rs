@@ -219,19 +219,35 @@ mod tests {
     fn catalog_has_the_azure_numbers() {
         let b1 = Sku::find("b1").unwrap();
         assert_eq!(
-            (b1.millicores, b1.memory_mib, b1.max_instances, b1.slots_per_app),
+            (
+                b1.millicores,
+                b1.memory_mib,
+                b1.max_instances,
+                b1.slots_per_app
+            ),
             (1000, 1792, 3, 0)
         );
         let s2 = Sku::find("S2").unwrap();
-        assert_eq!((s2.max_instances, s2.slots_per_app, s2.outbound_connections), (10, 5, 3968));
+        assert_eq!(
+            (s2.max_instances, s2.slots_per_app, s2.outbound_connections),
+            (10, 5, 3968)
+        );
         let p3 = Sku::find("P3v3").unwrap();
-        assert_eq!((p3.millicores, p3.memory_mib, p3.max_instances), (8000, 32 * GIB, 30));
+        assert_eq!(
+            (p3.millicores, p3.memory_mib, p3.max_instances),
+            (8000, 32 * GIB, 30)
+        );
         assert_eq!(Sku::find("F1").unwrap().outbound_connections, 600);
-        for name in ["F1", "B1", "B2", "B3", "S1", "S2", "S3", "P0v3", "P1v3", "P2v3", "P3v3"] {
+        for name in [
+            "F1", "B1", "B2", "B3", "S1", "S2", "S3", "P0v3", "P1v3", "P2v3", "P3v3",
+        ] {
             assert!(Sku::find(name).is_ok(), "{name}");
         }
         let err = Sku::find("X9").unwrap_err().to_string();
-        assert!(err.contains("unknown SKU \"X9\"") && err.contains("B1"), "{err}");
+        assert!(
+            err.contains("unknown SKU \"X9\"") && err.contains("B1"),
+            "{err}"
+        );
     }
 
     #[track_caller]
@@ -253,7 +269,12 @@ mod tests {
         check("F1", 2, NONE, Err("at most 1 workers"));
         check("S1", 8, NONE, Ok(()));
         check("S1", 9, NONE, Err("not enough node capacity"));
-        check("S1", 4, usage(Sku::find("B2").unwrap(), 3), Err("only 2000 millicores"));
+        check(
+            "S1",
+            4,
+            usage(Sku::find("B2").unwrap(), 3),
+            Err("only 2000 millicores"),
+        );
         check("P2v3", 1, NONE, Ok(()));
         check("P3v3", 1, NONE, Err("not enough node capacity"));
         check("P1mv3", 1, NONE, Ok(()));

@@ -4,7 +4,9 @@ use serde::{Deserialize, Serialize};
 
 /// Milliseconds since an epoch chosen by the caller: the Unix epoch for wall-clock values
 /// (release and log timestamps), an arbitrary origin for monotonic ones (backoff, uptime).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
 #[serde(transparent)]
 pub struct Millis(pub u64);
 

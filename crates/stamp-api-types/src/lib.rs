@@ -1,0 +1,168 @@
+//! The only types that cross the network: JSON bodies of the REST API under `/api/v1` and its
+//! error codes. Plain data with public fields; the controller converts from the model at the
+//! edge, the client deserialises. Names and numbers are strings or integers, never model
+//! newtypes, so the wire format does not move when the model does.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+pub const API_PREFIX: &str = "/api/v1";
+
+/// Every error response: `{"error": {"code": "...", "message": "..."}}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    /// Stable, machine-readable: see [`codes`].
+    pub code: String,
+    /// For people: what was wrong and how to fix it.
+    pub message: String,
+}
+
+/// Error codes, with the HTTP status each goes with.
+pub mod codes {
+    /// 400: the request is malformed or a value is invalid.
+    pub const INVALID: &str = "invalid";
+    /// 401: no bearer token, or not one Stamp knows.
+    pub const UNAUTHORIZED: &str = "unauthorized";
+    /// 404
+    pub const NOT_FOUND: &str = "not_found";
+    /// 409: the name is taken, or the resource is in use.
+    pub const CONFLICT: &str = "conflict";
+    /// 413: the upload is over the size limit.
+    pub const TOO_LARGE: &str = "too_large";
+    /// 422: the request is well-formed but cannot be done (e.g. over a tier or capacity limit).
+    pub const LIMIT: &str = "limit";
+    /// 500
+    pub const INTERNAL: &str = "internal";
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    pub version: String,
+    pub domain: String,
+    /// `http://<app>.<domain>:<port>` with `{app}` in place of the name.
+    pub app_url_template: String,
+    pub node: NodeView,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeView {
+    pub millicores: u32,
+    pub memory_mib: u32,
+    pub used_millicores: u32,
+    pub used_memory_mib: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SkuView {
+    pub name: String,
+    pub tier: String,
+    pub millicores: u32,
+    pub memory_mib: u32,
+    pub max_workers: u32,
+    pub slots_per_app: u32,
+    pub outbound_connections: u32,
+    pub autoscale: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreatePlan {
+    pub name: String,
+    pub sku: String,
+    /// Default 1.
+    #[serde(default)]
+    pub workers: Option<u32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ScalePlan {
+    pub workers: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PlanView {
+    pub name: String,
+    pub sku: SkuView,
+    pub workers: u32,
+    pub apps: Vec<String>,
+    /// Unix milliseconds.
+    pub created_at: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreateApp {
+    pub name: String,
+    pub plan: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AppView {
+    pub name: String,
+    pub plan: String,
+    pub hostname: String,
+    pub url: String,
+    /// The production slot's current release, if any.
+    pub release: Option<u32>,
+    pub instances: InstanceCounts,
+    pub created_at: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct InstanceCounts {
+    pub desired: u32,
+    pub ready: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReleaseView {
+    pub version: u32,
+    pub artifact: Option<String>,
+    pub process_types: Vec<String>,
+    pub description: String,
+    pub created_at: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InstanceView {
+    pub id: String,
+    pub process_type: String,
+    pub worker: String,
+    pub release: u32,
+    /// `starting`, `ready`, `crashed`, `draining` or `stopping`.
+    pub state: String,
+    pub pid: Option<u32>,
+    pub port: u16,
+    /// Unix milliseconds.
+    pub started_at: u64,
+    pub restarts: u32,
+}
+
+/// `PATCH /apps/{app}/settings`: applied together, as one new release.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct UpdateSettings {
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    #[serde(default)]
+    pub unset: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SettingsView {
+    pub settings: BTreeMap<String, String>,
+    /// The release the change created, when there was one.
+    pub release: Option<ReleaseView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LogLineView {
+    /// Unix milliseconds.
+    pub ts: u64,
+    /// `stamp` for platform events, otherwise the instance id.
+    pub source: String,
+    pub text: String,
+}

@@ -1,0 +1,44 @@
+//! The durable records of desired state: plans, apps and releases, as the store keeps them.
+
+use serde::{Deserialize, Serialize};
+
+use crate::names::{AppName, Digest, PlanName, SlotName};
+use crate::procfile::Procfile;
+use crate::settings::Settings;
+use crate::time::Millis;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan {
+    pub name: PlanName,
+    /// SKU name from [`crate::sku::CATALOG`].
+    pub sku: String,
+    pub workers: u32,
+    pub created_at: Millis,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct App {
+    pub name: AppName,
+    pub plan: PlanName,
+    /// The settings the next release will carry; always equal to the latest release's snapshot.
+    pub settings: Settings,
+    /// Bumped by a restart so every instance is replaced (rolling) without a new release.
+    pub generation: u64,
+    pub created_at: Millis,
+}
+
+/// Immutable once created: code (artifact and Procfile) plus a settings snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Release {
+    pub app: AppName,
+    pub slot: SlotName,
+    /// v1, v2, ... per app and slot.
+    pub version: u32,
+    /// None until the first deploy (a settings change before any code still makes a release).
+    pub artifact: Option<Digest>,
+    pub procfile: Option<Procfile>,
+    pub settings: Settings,
+    /// What changed, e.g. `Deploy 3f9a1c2b7d10` or `Set GREETING`.
+    pub description: String,
+    pub created_at: Millis,
+}

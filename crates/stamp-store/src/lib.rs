@@ -1,0 +1,584 @@
+//! The only crate with SQL. Keeps Stamp's desired state: plans, apps (with their current
+//! settings and restart generation), releases, and API token hashes.
+//!
+//! What is persisted is exactly what a user asked for; everything observed (instances, ports,
+//! routes) is rebuilt from it at startup through the normal reconcile path. SQLite runs in WAL
+//! mode with `synchronous = FULL`, so a call that returned has reached the disk: an API request
+//! is acknowledged only after its transaction commits, and survives `kill -9` of the process.
+//!
+//! Calls are synchronous and short; the controller makes them from async code and accepts the
+//! brief block (an fsync) rather than hopping threads for every statement.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use stamp_model::{
+    App, AppName, Digest, Millis, Plan, PlanName, Procfile, Release, Settings, SlotName,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{kind} {name} already exists")]
+    Conflict { kind: &'static str, name: String },
+    #[error("no {kind} named {name}")]
+    NotFound { kind: &'static str, name: String },
+    #[error("store: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("store holds a record it cannot read ({0}); was the database edited by hand?")]
+    Corrupt(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE plans (
+    name        TEXT PRIMARY KEY,
+    sku         TEXT NOT NULL,
+    workers     INTEGER NOT NULL CHECK (workers >= 1),
+    created_at  INTEGER NOT NULL
+);
+CREATE TABLE apps (
+    name        TEXT PRIMARY KEY,
+    plan        TEXT NOT NULL REFERENCES plans(name),
+    settings    TEXT NOT NULL,
+    generation  INTEGER NOT NULL DEFAULT 0,
+    created_at  INTEGER NOT NULL
+);
+CREATE TABLE releases (
+    app         TEXT NOT NULL REFERENCES apps(name) ON DELETE CASCADE,
+    slot        TEXT NOT NULL,
+    version     INTEGER NOT NULL,
+    artifact    TEXT,
+    procfile    TEXT,
+    settings    TEXT NOT NULL,
+    description TEXT NOT NULL,
+    created_at  INTEGER NOT NULL,
+    PRIMARY KEY (app, slot, version)
+);
+CREATE TABLE tokens (
+    sha256      TEXT PRIMARY KEY,
+    role        TEXT NOT NULL,
+    created_at  INTEGER NOT NULL
+);
+"#];
+
+pub struct Store {
+    conn: Mutex<Connection>,
+}
+
+/// What a new release carries; the store numbers it.
+pub struct NewRelease {
+    pub artifact: Option<Digest>,
+    pub procfile: Option<Procfile>,
+    pub settings: Settings,
+    pub description: String,
+    pub created_at: Millis,
+}
+
+fn corrupt(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(e.to_string())
+}
+
+fn is_unique_violation(e: &rusqlite::Error) -> bool {
+    matches!(
+        e,
+        rusqlite::Error::SqliteFailure(f, _)
+            if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+                || f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+    )
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `path` and runs pending migrations.
+    pub fn open(path: &Path) -> Result<Store> {
+        let conn = Connection::open(path)?;
+        Store::init(conn)
+    }
+
+    /// A private in-memory database, for tests.
+    pub fn in_memory() -> Result<Store> {
+        Store::init(Connection::open_in_memory()?)
+    }
+
+    fn init(mut conn: Connection) -> Result<Store> {
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        let done: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        let tx = conn.transaction()?;
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(done) {
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", i + 1)?;
+        }
+        tx.commit()?;
+        Ok(Store {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T>) -> Result<T> {
+        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut conn)
+    }
+
+    fn tx<T>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<T>) -> Result<T> {
+        self.with(|conn| {
+            let tx = conn.transaction()?;
+            let out = f(&tx)?;
+            tx.commit()?;
+            Ok(out)
+        })
+    }
+
+    // ---- plans
+
+    pub fn create_plan(&self, plan: &Plan) -> Result<()> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO plans (name, sku, workers, created_at) VALUES (?1, ?2, ?3, ?4)",
+                params![
+                    plan.name.as_str(),
+                    plan.sku,
+                    plan.workers,
+                    plan.created_at.0
+                ],
+            )
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    StoreError::Conflict {
+                        kind: "plan",
+                        name: plan.name.to_string(),
+                    }
+                } else {
+                    e.into()
+                }
+            })?;
+            Ok(())
+        })
+    }
+
+    pub fn plans(&self) -> Result<Vec<Plan>> {
+        self.with(|c| {
+            let mut stmt =
+                c.prepare("SELECT name, sku, workers, created_at FROM plans ORDER BY name")?;
+            let rows = stmt.query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })?;
+            rows.map(|row| {
+                let (name, sku, workers, created_at) = row?;
+                Ok(Plan {
+                    name: PlanName::parse(&name).map_err(corrupt)?,
+                    sku,
+                    workers,
+                    created_at: Millis(created_at),
+                })
+            })
+            .collect()
+        })
+    }
+
+    pub fn plan(&self, name: &PlanName) -> Result<Plan> {
+        self.plans()?
+            .into_iter()
+            .find(|p| &p.name == name)
+            .ok_or_else(|| StoreError::NotFound {
+                kind: "plan",
+                name: name.to_string(),
+            })
+    }
+
+    pub fn set_plan_workers(&self, name: &PlanName, workers: u32) -> Result<()> {
+        self.with(|c| {
+            let n = c.execute(
+                "UPDATE plans SET workers = ?2 WHERE name = ?1",
+                params![name.as_str(), workers],
+            )?;
+            if n == 0 {
+                return Err(StoreError::NotFound {
+                    kind: "plan",
+                    name: name.to_string(),
+                });
+            }
+            Ok(())
+        })
+    }
+
+    /// Deletes a plan; a plan that still has apps is a conflict.
+    pub fn delete_plan(&self, name: &PlanName) -> Result<()> {
+        self.tx(|tx| {
+            let apps: i64 = tx.query_row(
+                "SELECT count(*) FROM apps WHERE plan = ?1",
+                [name.as_str()],
+                |r| r.get(0),
+            )?;
+            if apps > 0 {
+                return Err(StoreError::Conflict {
+                    kind: "plan with apps",
+                    name: name.to_string(),
+                });
+            }
+            let n = tx.execute("DELETE FROM plans WHERE name = ?1", [name.as_str()])?;
+            if n == 0 {
+                return Err(StoreError::NotFound {
+                    kind: "plan",
+                    name: name.to_string(),
+                });
+            }
+            Ok(())
+        })
+    }
+
+    // ---- apps
+
+    pub fn create_app(&self, app: &App) -> Result<()> {
+        self.with(|c| {
+            let settings = serde_json::to_string(&app.settings).map_err(corrupt)?;
+            c.execute(
+                "INSERT INTO apps (name, plan, settings, generation, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![app.name.as_str(), app.plan.as_str(), settings, app.generation, app.created_at.0],
+            )
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    StoreError::Conflict { kind: "app", name: app.name.to_string() }
+                } else {
+                    e.into()
+                }
+            })?;
+            Ok(())
+        })
+    }
+
+    pub fn apps(&self) -> Result<Vec<App>> {
+        self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT name, plan, settings, generation, created_at FROM apps ORDER BY name",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                ))
+            })?;
+            rows.map(|row| {
+                let (name, plan, settings, generation, created_at) = row?;
+                Ok(App {
+                    name: AppName::parse(&name).map_err(corrupt)?,
+                    plan: PlanName::parse(&plan).map_err(corrupt)?,
+                    settings: serde_json::from_str(&settings).map_err(corrupt)?,
+                    generation,
+                    created_at: Millis(created_at),
+                })
+            })
+            .collect()
+        })
+    }
+
+    pub fn app(&self, name: &AppName) -> Result<App> {
+        self.apps()?
+            .into_iter()
+            .find(|a| &a.name == name)
+            .ok_or_else(|| StoreError::NotFound {
+                kind: "app",
+                name: name.to_string(),
+            })
+    }
+
+    /// Deletes an app and its releases.
+    pub fn delete_app(&self, name: &AppName) -> Result<()> {
+        self.with(|c| {
+            let n = c.execute("DELETE FROM apps WHERE name = ?1", [name.as_str()])?;
+            if n == 0 {
+                return Err(StoreError::NotFound {
+                    kind: "app",
+                    name: name.to_string(),
+                });
+            }
+            Ok(())
+        })
+    }
+
+    /// Bumps the app's restart generation; returns the new one.
+    pub fn bump_generation(&self, name: &AppName) -> Result<u64> {
+        self.with(|c| {
+            c.query_row(
+                "UPDATE apps SET generation = generation + 1 WHERE name = ?1 RETURNING generation",
+                [name.as_str()],
+                |r| r.get(0),
+            )
+            .optional()?
+            .ok_or_else(|| StoreError::NotFound {
+                kind: "app",
+                name: name.to_string(),
+            })
+        })
+    }
+
+    // ---- releases
+
+    /// Creates the next release of the app's slot and makes its settings the app's settings,
+    /// in one transaction.
+    pub fn create_release(
+        &self,
+        app: &AppName,
+        slot: &SlotName,
+        new: NewRelease,
+    ) -> Result<Release> {
+        self.tx(|tx| {
+            let settings = serde_json::to_string(&new.settings).map_err(corrupt)?;
+            let updated = tx.execute(
+                "UPDATE apps SET settings = ?2 WHERE name = ?1",
+                params![app.as_str(), settings],
+            )?;
+            if updated == 0 {
+                return Err(StoreError::NotFound {
+                    kind: "app",
+                    name: app.to_string(),
+                });
+            }
+            let version: u32 = tx.query_row(
+                "SELECT coalesce(max(version), 0) + 1 FROM releases WHERE app = ?1 AND slot = ?2",
+                params![app.as_str(), slot.as_str()],
+                |r| r.get(0),
+            )?;
+            let procfile = new
+                .procfile
+                .as_ref()
+                .map(serde_json::to_string)
+                .transpose()
+                .map_err(corrupt)?;
+            tx.execute(
+                "INSERT INTO releases (app, slot, version, artifact, procfile, settings, description, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    app.as_str(),
+                    slot.as_str(),
+                    version,
+                    new.artifact.as_ref().map(|d| d.as_str()),
+                    procfile,
+                    settings,
+                    new.description,
+                    new.created_at.0
+                ],
+            )?;
+            Ok(Release {
+                app: app.clone(),
+                slot: slot.clone(),
+                version,
+                artifact: new.artifact,
+                procfile: new.procfile,
+                settings: new.settings,
+                description: new.description,
+                created_at: new.created_at,
+            })
+        })
+    }
+
+    /// Releases of a slot, newest first.
+    pub fn releases(&self, app: &AppName, slot: &SlotName) -> Result<Vec<Release>> {
+        self.query_releases(
+            "WHERE app = ?1 AND slot = ?2 ORDER BY version DESC",
+            params![app.as_str(), slot.as_str()],
+        )
+    }
+
+    /// The newest release of every app's slot.
+    pub fn current_releases(&self) -> Result<Vec<Release>> {
+        self.query_releases(
+            "WHERE (app, slot, version) IN (SELECT app, slot, max(version) FROM releases GROUP BY app, slot) ORDER BY app, slot",
+            [],
+        )
+    }
+
+    pub fn current_release(&self, app: &AppName, slot: &SlotName) -> Result<Option<Release>> {
+        Ok(self.releases(app, slot)?.into_iter().next())
+    }
+
+    fn query_releases(&self, filter: &str, args: impl rusqlite::Params) -> Result<Vec<Release>> {
+        self.with(|c| {
+            let sql = format!(
+                "SELECT app, slot, version, artifact, procfile, settings, description, created_at FROM releases {filter}"
+            );
+            let mut stmt = c.prepare(&sql)?;
+            let rows = stmt.query_map(args, |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, u32>(2)?,
+                    r.get::<_, Option<String>>(3)?,
+                    r.get::<_, Option<String>>(4)?,
+                    r.get::<_, String>(5)?,
+                    r.get::<_, String>(6)?,
+                    r.get::<_, u64>(7)?,
+                ))
+            })?;
+            rows.map(|row| {
+                let (app, slot, version, artifact, procfile, settings, description, created_at) =
+                    row?;
+                Ok(Release {
+                    app: AppName::parse(&app).map_err(corrupt)?,
+                    slot: SlotName::parse(&slot).map_err(corrupt)?,
+                    version,
+                    artifact: artifact
+                        .map(|d| Digest::parse(&d))
+                        .transpose()
+                        .map_err(corrupt)?,
+                    procfile: procfile
+                        .map(|p| serde_json::from_str(&p))
+                        .transpose()
+                        .map_err(corrupt)?,
+                    settings: serde_json::from_str(&settings).map_err(corrupt)?,
+                    description,
+                    created_at: Millis(created_at),
+                })
+            })
+            .collect()
+        })
+    }
+
+    // ---- tokens
+
+    /// Records an API token by the hex sha256 of its secret.
+    pub fn add_token(&self, sha256: &str, role: &str, created_at: Millis) -> Result<()> {
+        self.with(|c| {
+            c.execute(
+                "INSERT OR IGNORE INTO tokens (sha256, role, created_at) VALUES (?1, ?2, ?3)",
+                params![sha256, role, created_at.0],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// The role of the token with this hash, if it is known.
+    pub fn token_role(&self, sha256: &str) -> Result<Option<String>> {
+        self.with(|c| {
+            Ok(
+                c.query_row("SELECT role FROM tokens WHERE sha256 = ?1", [sha256], |r| {
+                    r.get(0)
+                })
+                .optional()?,
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(name: &str) -> Plan {
+        Plan {
+            name: PlanName::parse(name).unwrap(),
+            sku: "B1".into(),
+            workers: 1,
+            created_at: Millis(5),
+        }
+    }
+
+    fn app(name: &str, plan: &str) -> App {
+        App {
+            name: AppName::parse(name).unwrap(),
+            plan: PlanName::parse(plan).unwrap(),
+            settings: Settings::default(),
+            generation: 0,
+            created_at: Millis(6),
+        }
+    }
+
+    fn new_release(greeting: &str, deployed: bool) -> NewRelease {
+        NewRelease {
+            artifact: deployed.then(|| Digest::parse(&"b".repeat(64)).unwrap()),
+            procfile: deployed.then(|| Procfile::parse("web: run").unwrap()),
+            settings: Settings([("GREETING".into(), greeting.into())].into()),
+            description: format!("set {greeting}"),
+            created_at: Millis(7),
+        }
+    }
+
+    #[test]
+    fn everything_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stamp.db");
+        let prod = SlotName::production();
+        let hello = AppName::parse("hello").unwrap();
+        {
+            let s = Store::open(&path).unwrap();
+            s.create_plan(&plan("p")).unwrap();
+            s.set_plan_workers(&PlanName::parse("p").unwrap(), 3)
+                .unwrap();
+            s.create_app(&app("hello", "p")).unwrap();
+            assert_eq!(
+                s.create_release(&hello, &prod, new_release("a", true))
+                    .unwrap()
+                    .version,
+                1
+            );
+            assert_eq!(
+                s.create_release(&hello, &prod, new_release("b", true))
+                    .unwrap()
+                    .version,
+                2
+            );
+            assert_eq!(s.bump_generation(&hello).unwrap(), 1);
+            s.add_token("abc", "owner", Millis(1)).unwrap();
+        }
+        let s = Store::open(&path).unwrap();
+        assert_eq!(s.plan(&PlanName::parse("p").unwrap()).unwrap().workers, 3);
+        let a = s.app(&hello).unwrap();
+        assert_eq!(a.generation, 1);
+        assert_eq!(a.settings.0["GREETING"], "b");
+        let current = s.current_release(&hello, &prod).unwrap().unwrap();
+        assert_eq!(
+            (current.version, current.description.as_str()),
+            (2, "set b")
+        );
+        assert_eq!(
+            current
+                .procfile
+                .unwrap()
+                .command(&stamp_model::ProcessType::web()),
+            Some("run")
+        );
+        assert_eq!(s.current_releases().unwrap().len(), 1);
+        assert_eq!(s.releases(&hello, &prod).unwrap().len(), 2);
+        assert_eq!(s.token_role("abc").unwrap().as_deref(), Some("owner"));
+        assert_eq!(s.token_role("nope").unwrap(), None);
+    }
+
+    #[test]
+    fn conflicts_and_missing() {
+        let s = Store::in_memory().unwrap();
+        s.create_plan(&plan("p")).unwrap();
+        assert!(matches!(
+            s.create_plan(&plan("p")),
+            Err(StoreError::Conflict { .. })
+        ));
+        s.create_app(&app("a", "p")).unwrap();
+        assert!(matches!(
+            s.create_app(&app("a", "p")),
+            Err(StoreError::Conflict { .. })
+        ));
+        // An app must name an existing plan.
+        assert!(s.create_app(&app("b", "nope")).is_err());
+        assert!(matches!(
+            s.delete_plan(&PlanName::parse("p").unwrap()),
+            Err(StoreError::Conflict { .. })
+        ));
+        let a = AppName::parse("a").unwrap();
+        s.create_release(&a, &SlotName::production(), new_release("x", false))
+            .unwrap();
+        s.delete_app(&a).unwrap();
+        assert!(matches!(s.app(&a), Err(StoreError::NotFound { .. })));
+        assert!(s.current_releases().unwrap().is_empty());
+        s.delete_plan(&PlanName::parse("p").unwrap()).unwrap();
+        assert!(matches!(
+            s.set_plan_workers(&PlanName::parse("p").unwrap(), 2),
+            Err(StoreError::NotFound { .. })
+        ));
+    }
+}
