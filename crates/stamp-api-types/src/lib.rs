@@ -114,8 +114,13 @@ pub struct AppView {
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct InstanceCounts {
+    /// Instances the current release and formation call for.
     pub desired: u32,
+    /// Of those, how many are ready (in rotation).
     pub ready: u32,
+    /// Instances of an older release or restart generation still running (a rollout is under
+    /// way, or the new release is not becoming ready).
+    pub stale: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

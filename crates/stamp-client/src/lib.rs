@@ -1,0 +1,244 @@
+//! A typed client for Stamp's REST API (`/api/v1`). Knows URLs and the error body; nothing else.
+
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use stamp_api_types::{self as wire, API_PREFIX, ErrorBody};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The API answered with an error body.
+    #[error("{message}")]
+    Api {
+        status: u16,
+        code: String,
+        message: String,
+    },
+    #[error("cannot reach the Stamp API at {url}: {source}; is `stamp up` running?")]
+    Unreachable {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("unexpected answer from the Stamp API: {0}")]
+    Protocol(String),
+}
+
+impl ClientError {
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            ClientError::Api { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+}
+
+pub type Result<T, E = ClientError> = std::result::Result<T, E>;
+
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl Client {
+    /// `base` is the API's origin, e.g. `http://127.0.0.1:7070`.
+    pub fn new(base: &str, token: &str) -> Client {
+        Client {
+            http: reqwest::Client::new(),
+            base: base.trim_end_matches('/').to_string(),
+            token: token.to_string(),
+        }
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{API_PREFIX}{path}", self.base)
+    }
+
+    async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response> {
+        let resp = req
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .map_err(|source| ClientError::Unreachable {
+                url: self.base.clone(),
+                source,
+            })?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        Err(match serde_json::from_str::<ErrorBody>(&text) {
+            Ok(b) => ClientError::Api {
+                status,
+                code: b.error.code,
+                message: b.error.message,
+            },
+            Err(_) => ClientError::Protocol(format!("HTTP {status}: {text}")),
+        })
+    }
+
+    async fn json<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder) -> Result<T> {
+        self.send(req)
+            .await?
+            .json()
+            .await
+            .map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        self.json(self.http.get(self.url(path))).await
+    }
+
+    async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
+        self.json(self.http.post(self.url(path)).json(body)).await
+    }
+
+    pub async fn status(&self) -> Result<wire::Status> {
+        self.get("/status").await
+    }
+
+    pub async fn skus(&self) -> Result<Vec<wire::SkuView>> {
+        self.get("/skus").await
+    }
+
+    pub async fn plans(&self) -> Result<Vec<wire::PlanView>> {
+        self.get("/plans").await
+    }
+
+    pub async fn plan(&self, name: &str) -> Result<wire::PlanView> {
+        self.get(&format!("/plans/{name}")).await
+    }
+
+    pub async fn create_plan(&self, req: &wire::CreatePlan) -> Result<wire::PlanView> {
+        self.post("/plans", req).await
+    }
+
+    pub async fn scale_plan(&self, name: &str, workers: u32) -> Result<wire::PlanView> {
+        self.post(
+            &format!("/plans/{name}/scale"),
+            &wire::ScalePlan { workers },
+        )
+        .await
+    }
+
+    pub async fn delete_plan(&self, name: &str) -> Result<()> {
+        self.send(self.http.delete(self.url(&format!("/plans/{name}"))))
+            .await?;
+        Ok(())
+    }
+
+    pub async fn apps(&self) -> Result<Vec<wire::AppView>> {
+        self.get("/apps").await
+    }
+
+    pub async fn app(&self, name: &str) -> Result<wire::AppView> {
+        self.get(&format!("/apps/{name}")).await
+    }
+
+    pub async fn create_app(&self, req: &wire::CreateApp) -> Result<wire::AppView> {
+        self.post("/apps", req).await
+    }
+
+    pub async fn delete_app(&self, name: &str) -> Result<()> {
+        self.send(self.http.delete(self.url(&format!("/apps/{name}"))))
+            .await?;
+        Ok(())
+    }
+
+    pub async fn restart_app(&self, name: &str) -> Result<wire::AppView> {
+        self.post(&format!("/apps/{name}/restart"), &()).await
+    }
+
+    /// Uploads an archive (zip or tar.gz) as the app's next release. `body` streams the bytes so
+    /// the caller can show progress; `len` is sent as Content-Length.
+    pub async fn deploy<S>(&self, app: &str, len: u64, body: S) -> Result<wire::ReleaseView>
+    where
+        S: Stream<Item = std::io::Result<Bytes>> + Send + Sync + 'static,
+    {
+        let req = self
+            .http
+            .post(self.url(&format!("/apps/{app}/deploy")))
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .header(reqwest::header::CONTENT_LENGTH, len)
+            .body(reqwest::Body::wrap_stream(body));
+        self.json(req).await
+    }
+
+    pub async fn releases(&self, app: &str) -> Result<Vec<wire::ReleaseView>> {
+        self.get(&format!("/apps/{app}/releases")).await
+    }
+
+    pub async fn instances(&self, app: &str) -> Result<Vec<wire::InstanceView>> {
+        self.get(&format!("/apps/{app}/instances")).await
+    }
+
+    pub async fn settings(&self, app: &str) -> Result<wire::SettingsView> {
+        self.get(&format!("/apps/{app}/settings")).await
+    }
+
+    pub async fn update_settings(
+        &self,
+        app: &str,
+        req: &wire::UpdateSettings,
+    ) -> Result<wire::SettingsView> {
+        self.json(
+            self.http
+                .patch(self.url(&format!("/apps/{app}/settings")))
+                .json(req),
+        )
+        .await
+    }
+
+    /// The app's log: the last `lines` lines, then, with `tail`, new lines as they come.
+    pub async fn logs(
+        &self,
+        app: &str,
+        lines: usize,
+        tail: bool,
+    ) -> Result<impl Stream<Item = Result<wire::LogLineView>> + use<>> {
+        let resp = self
+            .send(
+                self.http
+                    .get(self.url(&format!("/apps/{app}/logs")))
+                    .query(&[("lines", lines.to_string()), ("tail", tail.to_string())]),
+            )
+            .await?;
+        let chunks = resp.bytes_stream();
+        Ok(ndjson(chunks))
+    }
+}
+
+/// Splits a byte stream into newline-delimited JSON values.
+fn ndjson<S>(chunks: S) -> impl Stream<Item = Result<wire::LogLineView>>
+where
+    S: Stream<Item = reqwest::Result<Bytes>> + Unpin,
+{
+    futures_util::stream::unfold(
+        (chunks, Vec::<u8>::new()),
+        |(mut chunks, mut buf)| async move {
+            loop {
+                if let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = buf.drain(..=pos).collect();
+                    let item = serde_json::from_slice(&line[..line.len() - 1])
+                        .map_err(|e| ClientError::Protocol(e.to_string()));
+                    return Some((item, (chunks, buf)));
+                }
+                match chunks.next().await {
+                    Some(Ok(b)) => buf.extend_from_slice(&b),
+                    Some(Err(e)) => {
+                        return Some((Err(ClientError::Protocol(e.to_string())), (chunks, buf)));
+                    }
+                    None => return None,
+                }
+            }
+        },
+    )
+}

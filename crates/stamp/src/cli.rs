@@ -1,0 +1,539 @@
+//! The CLI: `az webapp`-style noun-verb commands with Heroku's formation syntax where it reads
+//! better. Every command talks to the REST API through `stamp-client` and prints a table or,
+//! with `--output json`, JSON.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use futures_util::StreamExt;
+use indicatif::{ProgressBar, ProgressStyle};
+use stamp_api_types as wire;
+use stamp_client::Client;
+
+use crate::output::{self, age, cores, mib, table, timestamp};
+use crate::up::{API_URL_FILE, TOKEN_FILE};
+use crate::{Command, Global, Output};
+
+#[derive(clap::Subcommand)]
+pub enum PlanCmd {
+    /// Create a plan.
+    Create {
+        name: String,
+        /// SKU, e.g. F1, B1, S1, P1v3 (`stamp plan skus` lists them).
+        #[arg(long)]
+        sku: String,
+        /// Number of workers.
+        #[arg(long, default_value_t = 1)]
+        workers: u32,
+    },
+    /// List plans.
+    List,
+    /// Show a plan.
+    Show { name: String },
+    /// Set a plan's number of workers; every app of the plan runs on every worker.
+    Scale {
+        name: String,
+        #[arg(long)]
+        workers: u32,
+        /// Return without waiting for the instances to be ready.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Delete a plan (it must have no apps).
+    Delete { name: String },
+    /// List the SKUs and their limits.
+    Skus,
+}
+
+#[derive(clap::Subcommand)]
+pub enum AppCmd {
+    /// Create an app in a plan; it is served at <name>.<domain>.
+    Create {
+        name: String,
+        #[arg(long)]
+        plan: String,
+    },
+    /// List apps.
+    List,
+    /// Show an app.
+    Show { name: String },
+    /// Delete an app and stop its instances.
+    Delete { name: String },
+    /// Restart every instance of an app, rolling.
+    Restart {
+        name: String,
+        #[arg(long)]
+        no_wait: bool,
+    },
+}
+
+#[derive(clap::Args)]
+pub struct AppArg {
+    /// The app.
+    app: String,
+}
+
+#[derive(clap::Args)]
+pub struct DeployArgs {
+    /// A directory (packed as .tar.gz), a .zip or a .tar.gz with a Procfile at its root.
+    path: PathBuf,
+    #[arg(long)]
+    app: String,
+    /// Return once the release is created, without waiting for the rollout.
+    #[arg(long)]
+    no_wait: bool,
+    /// How long to wait for the new release's instances to be ready, in seconds.
+    #[arg(long, default_value_t = 300)]
+    timeout: u64,
+}
+
+#[derive(clap::Subcommand)]
+pub enum ConfigCmd {
+    /// Set settings: `stamp config set APP KEY=VALUE ...`. Makes a new release, rolling.
+    Set {
+        app: String,
+        #[arg(required = true, value_name = "KEY=VALUE")]
+        pairs: Vec<String>,
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Remove settings: `stamp config unset APP KEY ...`.
+    Unset {
+        app: String,
+        #[arg(required = true, value_name = "KEY")]
+        keys: Vec<String>,
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// List an app's settings.
+    List { app: String },
+}
+
+#[derive(clap::Args)]
+pub struct LogsArgs {
+    app: String,
+    /// Keep following new lines.
+    #[arg(long, short)]
+    tail: bool,
+    /// How many past lines to show first.
+    #[arg(long, short = 'n', default_value_t = 100)]
+    lines: usize,
+}
+
+fn read_trimmed(path: &Path) -> Option<String> {
+    std::fs::read_to_string(path)
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+/// The API URL and token: flags or environment first, then what `stamp up` wrote to the data
+/// directory, then the default address.
+fn client(global: &Global) -> anyhow::Result<Client> {
+    let data = global.data_dir();
+    let api = global
+        .api_url
+        .clone()
+        .or_else(|| read_trimmed(&data.join(API_URL_FILE)))
+        .unwrap_or_else(|| "http://127.0.0.1:7070".to_string());
+    let token = match global.token.clone() {
+        Some(t) => t,
+        None => read_trimmed(&data.join(TOKEN_FILE)).with_context(|| {
+            format!(
+                "no API token: set STAMP_TOKEN or --token, or run this on the machine of `stamp up` (it writes {})",
+                data.join(TOKEN_FILE).display()
+            )
+        })?,
+    };
+    Ok(Client::new(&api, &token))
+}
+
+pub async fn run(global: &Global, command: Command) -> anyhow::Result<()> {
+    let c = client(global)?;
+    let out = global.output;
+    match command {
+        Command::Up(_) => unreachable!("handled in main"),
+        Command::Status => {
+            let s = c.status().await?;
+            output::show(out, &s, |s| {
+                println!("Stamp {}", s.version);
+                println!("  API    {}", c.base());
+                println!("  apps   {}", s.app_url_template);
+                println!(
+                    "  node   {}/{} cores, {}/{} used by plans",
+                    cores(s.node.used_millicores),
+                    cores(s.node.millicores),
+                    mib(s.node.used_memory_mib),
+                    mib(s.node.memory_mib)
+                );
+            })
+        }
+        Command::Plan(cmd) => plan(&c, out, cmd).await,
+        Command::App(cmd) => app(&c, out, cmd).await,
+        Command::Deploy(args) => deploy(&c, out, args).await,
+        Command::Ps(a) => {
+            let list = c.instances(&a.app).await?;
+            output::show(out, &list, |list| {
+                let rows: Vec<Vec<String>> = list
+                    .iter()
+                    .map(|i| {
+                        vec![
+                            i.id.clone(),
+                            i.process_type.clone(),
+                            i.worker.clone(),
+                            format!("v{}", i.release),
+                            i.state.clone(),
+                            i.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+                            i.port.to_string(),
+                            age(i.started_at),
+                            i.restarts.to_string(),
+                        ]
+                    })
+                    .collect();
+                table(
+                    &[
+                        "ID", "TYPE", "WORKER", "RELEASE", "STATE", "PID", "PORT", "UPTIME",
+                        "RESTARTS",
+                    ],
+                    &rows,
+                );
+            })
+        }
+        Command::Config(cmd) => config(&c, out, cmd).await,
+        Command::Releases(a) => {
+            let list = c.releases(&a.app).await?;
+            output::show(out, &list, |list| {
+                let rows: Vec<Vec<String>> = list
+                    .iter()
+                    .map(|r| {
+                        vec![
+                            format!("v{}", r.version),
+                            timestamp(r.created_at),
+                            r.description.clone(),
+                        ]
+                    })
+                    .collect();
+                table(&["RELEASE", "CREATED", "DESCRIPTION"], &rows);
+            })
+        }
+        Command::Logs(args) => {
+            let mut lines = Box::pin(c.logs(&args.app, args.lines, args.tail).await?);
+            while let Some(line) = lines.next().await {
+                let line = line?;
+                match out {
+                    Output::Json => println!("{}", serde_json::to_string(&line)?),
+                    Output::Table => {
+                        println!("{} {}: {}", timestamp(line.ts), line.source, line.text)
+                    }
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+fn plan_rows(plans: &[wire::PlanView]) {
+    let rows: Vec<Vec<String>> = plans
+        .iter()
+        .map(|p| {
+            vec![
+                p.name.clone(),
+                p.sku.name.clone(),
+                p.sku.tier.clone(),
+                p.workers.to_string(),
+                p.sku.max_workers.to_string(),
+                p.apps.join(","),
+            ]
+        })
+        .collect();
+    table(&["NAME", "SKU", "TIER", "WORKERS", "MAX", "APPS"], &rows);
+}
+
+async fn plan(c: &Client, out: Output, cmd: PlanCmd) -> anyhow::Result<()> {
+    match cmd {
+        PlanCmd::Create { name, sku, workers } => {
+            let p = c
+                .create_plan(&wire::CreatePlan {
+                    name,
+                    sku,
+                    workers: Some(workers),
+                })
+                .await?;
+            output::show(out, &p, |p| {
+                println!(
+                    "Created plan {} ({} {}, {} worker(s) of {} cores / {})",
+                    p.name,
+                    p.sku.tier,
+                    p.sku.name,
+                    p.workers,
+                    cores(p.sku.millicores),
+                    mib(p.sku.memory_mib)
+                )
+            })
+        }
+        PlanCmd::List => {
+            let plans = c.plans().await?;
+            output::show(out, &plans, |p| plan_rows(p))
+        }
+        PlanCmd::Show { name } => {
+            let p = c.plan(&name).await?;
+            output::show(out, &p, |p| plan_rows(std::slice::from_ref(p)))
+        }
+        PlanCmd::Scale {
+            name,
+            workers,
+            no_wait,
+        } => {
+            let p = c.scale_plan(&name, workers).await?;
+            if !no_wait && out == Output::Table {
+                for app in &p.apps {
+                    wait_rollout(c, app, None, Duration::from_secs(300)).await?;
+                }
+            }
+            output::show(out, &p, |p| {
+                println!("Plan {} now has {} worker(s)", p.name, p.workers)
+            })
+        }
+        PlanCmd::Delete { name } => {
+            c.delete_plan(&name).await?;
+            if out == Output::Table {
+                println!("Deleted plan {name}");
+            }
+            Ok(())
+        }
+        PlanCmd::Skus => {
+            let skus = c.skus().await?;
+            output::show(out, &skus, |skus| {
+                let rows: Vec<Vec<String>> = skus
+                    .iter()
+                    .map(|s| {
+                        vec![
+                            s.name.clone(),
+                            s.tier.clone(),
+                            cores(s.millicores),
+                            mib(s.memory_mib),
+                            s.max_workers.to_string(),
+                            s.slots_per_app.to_string(),
+                            s.outbound_connections.to_string(),
+                            if s.autoscale { "yes" } else { "no" }.to_string(),
+                        ]
+                    })
+                    .collect();
+                table(
+                    &[
+                        "SKU",
+                        "TIER",
+                        "CORES",
+                        "MEMORY",
+                        "MAX",
+                        "SLOTS",
+                        "OUTBOUND",
+                        "AUTOSCALE",
+                    ],
+                    &rows,
+                );
+            })
+        }
+    }
+}
+
+fn app_rows(apps: &[wire::AppView]) {
+    let rows: Vec<Vec<String>> = apps
+        .iter()
+        .map(|a| {
+            vec![
+                a.name.clone(),
+                a.plan.clone(),
+                a.release
+                    .map(|v| format!("v{v}"))
+                    .unwrap_or_else(|| "-".into()),
+                format!("{}/{}", a.instances.ready, a.instances.desired),
+                a.url.clone(),
+            ]
+        })
+        .collect();
+    table(&["NAME", "PLAN", "RELEASE", "READY", "URL"], &rows);
+}
+
+async fn app(c: &Client, out: Output, cmd: AppCmd) -> anyhow::Result<()> {
+    match cmd {
+        AppCmd::Create { name, plan } => {
+            let a = c.create_app(&wire::CreateApp { name, plan }).await?;
+            output::show(out, &a, |a| {
+                println!("Created app {} in plan {}: {}", a.name, a.plan, a.url);
+                println!("Deploy it with: stamp deploy <dir> --app {}", a.name);
+            })
+        }
+        AppCmd::List => {
+            let apps = c.apps().await?;
+            output::show(out, &apps, |a| app_rows(a))
+        }
+        AppCmd::Show { name } => {
+            let a = c.app(&name).await?;
+            output::show(out, &a, |a| app_rows(std::slice::from_ref(a)))
+        }
+        AppCmd::Delete { name } => {
+            c.delete_app(&name).await?;
+            if out == Output::Table {
+                println!("Deleted app {name}");
+            }
+            Ok(())
+        }
+        AppCmd::Restart { name, no_wait } => {
+            let a = c.restart_app(&name).await?;
+            if !no_wait && out == Output::Table {
+                wait_rollout(c, &name, None, Duration::from_secs(300)).await?;
+            }
+            output::show(out, &a, |a| println!("Restarted {}", a.name))
+        }
+    }
+}
+
+async fn config(c: &Client, out: Output, cmd: ConfigCmd) -> anyhow::Result<()> {
+    let (app, req, no_wait) = match cmd {
+        ConfigCmd::List { app } => {
+            let s = c.settings(&app).await?;
+            return output::show(out, &s.settings, |s| {
+                for (k, v) in s {
+                    println!("{k}={v}");
+                }
+            });
+        }
+        ConfigCmd::Set {
+            app,
+            pairs,
+            no_wait,
+        } => {
+            let mut set = BTreeMap::new();
+            for p in &pairs {
+                let (k, v) = stamp_model::settings::parse_assignment(p)?;
+                set.insert(k, v);
+            }
+            (app, wire::UpdateSettings { set, unset: vec![] }, no_wait)
+        }
+        ConfigCmd::Unset { app, keys, no_wait } => (
+            app,
+            wire::UpdateSettings {
+                set: BTreeMap::new(),
+                unset: keys,
+            },
+            no_wait,
+        ),
+    };
+    let s = c.update_settings(&app, &req).await?;
+    if let (Some(r), false, Output::Table) = (&s.release, no_wait, out) {
+        println!("Release v{} created: {}", r.version, r.description);
+        wait_rollout(c, &app, Some(r.version), Duration::from_secs(300)).await?;
+    }
+    output::show(out, &s, |s| {
+        if s.release.is_none() {
+            println!("No change.");
+        }
+    })
+}
+
+/// Packs a directory into a temporary .tar.gz, or uses an archive file as it is.
+fn artifact_file(path: &Path) -> anyhow::Result<(PathBuf, Option<tempfile::NamedTempFile>)> {
+    let meta = std::fs::metadata(path).with_context(|| format!("read {}", path.display()))?;
+    if !meta.is_dir() {
+        return Ok((path.to_path_buf(), None));
+    }
+    let mut tmp = tempfile::Builder::new()
+        .prefix("stamp-deploy-")
+        .suffix(".tar.gz")
+        .tempfile()
+        .context("create a temporary archive")?;
+    stamp_artifact::pack_dir(path, tmp.as_file_mut())
+        .with_context(|| format!("pack {}", path.display()))?;
+    Ok((tmp.path().to_path_buf(), Some(tmp)))
+}
+
+async fn deploy(c: &Client, out: Output, args: DeployArgs) -> anyhow::Result<()> {
+    let path = args.path.clone();
+    let (file, _tmp) = tokio::task::spawn_blocking(move || artifact_file(&path)).await??;
+    let len = std::fs::metadata(&file)?.len();
+    let bar = if out == Output::Table {
+        ProgressBar::new(len)
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template(
+            "Uploading {bytes:>10}/{total_bytes:10} [{bar:30}] {bytes_per_sec}",
+        )?
+        .progress_chars("=> "),
+    );
+    let f = tokio::fs::File::open(&file)
+        .await
+        .with_context(|| format!("open {}", file.display()))?;
+    let progress = bar.clone();
+    let body = tokio_util::io::ReaderStream::with_capacity(f, 64 * 1024).inspect(move |chunk| {
+        if let Ok(b) = chunk {
+            progress.inc(b.len() as u64);
+        }
+    });
+    let release = c.deploy(&args.app, len, body).await;
+    bar.finish_and_clear();
+    let release = release?;
+    if out == Output::Table {
+        println!(
+            "Release v{} created ({})",
+            release.version, release.description
+        );
+    }
+    if !args.no_wait && out == Output::Table {
+        wait_rollout(
+            c,
+            &args.app,
+            Some(release.version),
+            Duration::from_secs(args.timeout),
+        )
+        .await?;
+    }
+    output::show(out, &release, |_| {})
+}
+
+/// Waits until every instance the app should have is ready and no older one remains, showing a
+/// spinner. Fails with advice if that does not happen within `timeout`.
+async fn wait_rollout(
+    c: &Client,
+    app: &str,
+    version: Option<u32>,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let spinner = ProgressBar::new_spinner();
+    spinner.enable_steady_tick(Duration::from_millis(120));
+    let what = version.map_or_else(|| app.to_string(), |v| format!("{app} v{v}"));
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let a = c.app(app).await?;
+        let i = &a.instances;
+        spinner.set_message(format!(
+            "Rolling out {what}: {}/{} instances ready{}",
+            i.ready,
+            i.desired,
+            if i.stale > 0 {
+                format!(", {} old still running", i.stale)
+            } else {
+                String::new()
+            }
+        ));
+        if i.ready == i.desired && i.stale == 0 {
+            spinner.finish_and_clear();
+            println!("{what} is running on {} instance(s): {}", i.desired, a.url);
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            spinner.finish_and_clear();
+            bail!(
+                "{what} did not become ready within {} s ({}/{} instances ready); the previous release keeps serving. See `stamp logs {app}` and `stamp ps {app}`",
+                timeout.as_secs(),
+                i.ready,
+                i.desired
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -1,0 +1,110 @@
+//! `stamp`: the one binary. `stamp up` runs a whole one-machine stamp; every other subcommand is
+//! the CLI, talking to the REST API through `stamp-client`. Thin: parsing and printing here,
+//! behaviour in the crates.
+
+mod cli;
+mod output;
+mod up;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(
+    name = "stamp",
+    version,
+    about = "A self-hosted app service: push code, get a URL."
+)]
+struct Args {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Clone)]
+pub struct Global {
+    /// Data directory of the stamp (store, artifacts, logs, admin token).
+    #[arg(long, global = true, env = "STAMP_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// The API to talk to (default: the one `stamp up` wrote to <data dir>/api-url).
+    #[arg(long, global = true, env = "STAMP_API")]
+    api_url: Option<String>,
+    /// API token (default: <data dir>/admin-token).
+    #[arg(long, global = true, env = "STAMP_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Output format.
+    #[arg(long, short, global = true, value_enum, default_value_t = Output::Table)]
+    output: Output,
+}
+
+#[derive(Copy, Clone, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+impl Global {
+    pub fn data_dir(&self) -> PathBuf {
+        self.data_dir.clone().unwrap_or_else(|| {
+            std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("."))
+                .join(".stamp")
+        })
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start a whole stamp on this machine: controller, front end, worker agent, SQLite store.
+    Up(up::UpArgs),
+    /// Show what the stamp is and where it listens.
+    Status,
+    /// App Service plans: a SKU and a number of workers.
+    #[command(subcommand)]
+    Plan(cli::PlanCmd),
+    /// Apps.
+    #[command(subcommand)]
+    App(cli::AppCmd),
+    /// Deploy a directory, .zip or .tar.gz as the app's next release.
+    Deploy(cli::DeployArgs),
+    /// List an app's instances.
+    Ps(cli::AppArg),
+    /// App settings (environment variables); a change makes a new release.
+    #[command(subcommand)]
+    Config(cli::ConfigCmd),
+    /// List an app's releases.
+    Releases(cli::AppArg),
+    /// Show an app's log: instance output and platform events.
+    Logs(cli::LogsArgs),
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match args.command {
+            Command::Up(up) => up::run(&args.global, up).await,
+            other => cli::run(&args.global, other).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

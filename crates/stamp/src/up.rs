@@ -1,0 +1,307 @@
+//! `stamp up`: a whole stamp in one process — controller (API), front end, one worker agent,
+//! SQLite store — on one machine. Everything is validated and every port bound before anything
+//! starts; Ctrl-C or SIGTERM stops it gracefully.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use stamp_artifact::BlobStore;
+use stamp_controller::{Controller, ControllerConfig, Node, RouteSink};
+use stamp_frontend::{Frontend, FrontendConfig};
+use stamp_logs::LogBook;
+use stamp_model::sku::Capacity;
+use stamp_model::{InstanceSpec, ObservedInstance, SystemClock, WallClock};
+use stamp_routes::RouteTable;
+use stamp_store::Store;
+use stamp_worker::{WorkerAgent, WorkerConfig};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::Global;
+
+#[derive(clap::Args)]
+pub struct UpArgs {
+    /// Address of the REST API (and, later, the dashboard).
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    api: SocketAddr,
+    /// Address of the front end (HTTP); apps are served here.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    http: SocketAddr,
+    /// Apps are reachable at <app>.<domain>.
+    #[arg(long, default_value = "localhost")]
+    domain: String,
+    /// CPU cores this node offers to workers [default: the machine's cores].
+    #[arg(long)]
+    node_cpus: Option<f64>,
+    /// Memory in MiB this node offers to workers [default: the machine's memory].
+    #[arg(long)]
+    node_memory_mib: Option<u32>,
+    /// Largest deploy upload accepted, in MiB.
+    #[arg(long, default_value_t = 512)]
+    max_upload_mib: u64,
+}
+
+/// Files `stamp up` keeps in the data directory.
+pub const API_URL_FILE: &str = "api-url";
+pub const HTTP_URL_FILE: &str = "http-url";
+pub const TOKEN_FILE: &str = "admin-token";
+
+struct AgentNode(WorkerAgent);
+
+impl Node for AgentNode {
+    fn set_desired(&self, specs: Vec<InstanceSpec>) {
+        self.0.set_desired(specs);
+    }
+    fn observed(&self) -> watch::Receiver<Vec<ObservedInstance>> {
+        self.0.observed()
+    }
+}
+
+struct FrontendRoutes(Frontend);
+
+impl RouteSink for FrontendRoutes {
+    fn set_routes(&self, table: RouteTable) {
+        self.0.set_routes(table);
+    }
+}
+
+fn check_domain(domain: &str) -> anyhow::Result<()> {
+    let ok = !domain.is_empty()
+        && domain.len() <= 200
+        && domain.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        });
+    if !ok {
+        bail!(
+            "--domain {domain:?} is not a lowercase DNS name (e.g. localhost or apps.example.com)"
+        );
+    }
+    Ok(())
+}
+
+fn machine_capacity() -> Capacity {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+    let mem_kib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .unwrap_or(1024 * 1024);
+    Capacity {
+        millicores: cores * 1000,
+        memory_mib: u32::try_from(mem_kib / 1024).unwrap_or(u32::MAX),
+    }
+}
+
+/// Writes `contents` to `path` atomically (temp file, fsync, rename) with the given mode.
+fn write_file(path: &Path, contents: &str, mode: u32) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)
+        .with_context(|| format!("create {}", tmp.display()))?;
+    f.write_all(contents.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("write {}", path.display()))?;
+    Ok(())
+}
+
+/// The admin token: created on first start, kept in the data directory (mode 0600).
+fn admin_token(data: &Path, store: &Store, clock: &dyn WallClock) -> anyhow::Result<()> {
+    let path = data.join(TOKEN_FILE);
+    let token = match std::fs::read_to_string(&path) {
+        Ok(t) if !t.trim().is_empty() => t.trim().to_string(),
+        _ => {
+            let bytes: [u8; 32] = rand::random();
+            let t = hex::encode(bytes);
+            write_file(&path, &t, 0o600)?;
+            t
+        }
+    };
+    store.add_token(
+        &stamp_controller::api::token_hash(&token),
+        "owner",
+        clock.now(),
+    )?;
+    Ok(())
+}
+
+pub async fn run(global: &Global, args: UpArgs) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+
+    // Validate everything before binding a port.
+    check_domain(&args.domain)?;
+    let mut capacity = machine_capacity();
+    if let Some(cpus) = args.node_cpus {
+        if !(cpus > 0.0 && cpus <= 4096.0) {
+            bail!("--node-cpus must be a number of cores above 0, e.g. 4 or 1.5; got {cpus}");
+        }
+        capacity.millicores = (cpus * 1000.0).round() as u32;
+    }
+    if let Some(mib) = args.node_memory_mib {
+        if mib < 256 {
+            bail!("--node-memory-mib must be at least 256; got {mib}");
+        }
+        capacity.memory_mib = mib;
+    }
+    if args.max_upload_mib == 0 {
+        bail!("--max-upload-mib must be at least 1");
+    }
+
+    let data = global.data_dir();
+    for sub in ["", "artifacts", "logs", "worker", "tmp"] {
+        std::fs::create_dir_all(data.join(sub))
+            .with_context(|| format!("create data directory {}", data.join(sub).display()))?;
+    }
+    let clock: Arc<dyn WallClock> = Arc::new(SystemClock);
+    let store = Store::open(&data.join("stamp.db")).context("open the store")?;
+    admin_token(&data, &store, clock.as_ref())?;
+    let blobs = BlobStore::open(&data.join("artifacts")).context("open the artifact store")?;
+    blobs
+        .clean_tmp()
+        .context("remove unfinished uploads of a previous run")?;
+    let logs = LogBook::open(&data.join("logs"), clock.clone()).context("open the logs")?;
+
+    let api_listener = TcpListener::bind(args.api)
+        .await
+        .with_context(|| format!("listen on {} for the API (--api)", args.api))?;
+    let http_listener = TcpListener::bind(args.http)
+        .await
+        .with_context(|| format!("listen on {} for apps (--http)", args.http))?;
+    let api_addr = api_listener.local_addr()?;
+    let http_addr = http_listener.local_addr()?;
+
+    let frontend = Frontend::new(FrontendConfig {
+        domain: args.domain.clone(),
+        ..FrontendConfig::default()
+    });
+    let drained = {
+        let f = frontend.clone();
+        Arc::new(move |addr| f.is_drained(addr))
+    };
+    let agent = WorkerAgent::start(WorkerConfig {
+        dir: data.join("worker"),
+        artifacts: blobs.clone(),
+        logs: logs.clone(),
+        domain: args.domain.clone(),
+        drained,
+        clock: clock.clone(),
+    })
+    .await
+    .context("start the worker agent")?;
+
+    let controller = Controller::new(
+        ControllerConfig {
+            domain: args.domain.clone(),
+            http_port: http_addr.port(),
+            capacity,
+            max_upload_bytes: args.max_upload_mib * 1024 * 1024,
+            tmp_dir: data.join("tmp"),
+        },
+        store,
+        blobs,
+        logs,
+        clock,
+        Arc::new(AgentNode(agent.clone())),
+        Arc::new(FrontendRoutes(frontend.clone())),
+    );
+    controller.sync().context("load desired state")?;
+    let routes_task = tokio::spawn({
+        let c = controller.clone();
+        async move { c.run_routes().await }
+    });
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let frontend_task = tokio::spawn({
+        let f = frontend.clone();
+        let stop = stopped(stop_rx.clone());
+        async move { f.serve(http_listener, stop).await }
+    });
+    let api_task = tokio::spawn({
+        let app = stamp_controller::api::router(controller.clone());
+        let stop = stopped(stop_rx.clone());
+        async move {
+            axum::serve(api_listener, app)
+                .with_graceful_shutdown(stop)
+                .await
+        }
+    });
+
+    let api_url = format!("http://{api_addr}");
+    let shown_http = if http_addr.ip().is_unspecified() {
+        SocketAddr::from(([127, 0, 0, 1], http_addr.port()))
+    } else {
+        http_addr
+    };
+    write_file(&data.join(API_URL_FILE), &api_url, 0o644)?;
+    write_file(
+        &data.join(HTTP_URL_FILE),
+        &format!("http://{shown_http}"),
+        0o644,
+    )?;
+    let port = match http_addr.port() {
+        80 => String::new(),
+        p => format!(":{p}"),
+    };
+    println!("Stamp {} is up.", env!("CARGO_PKG_VERSION"));
+    println!("  data directory  {}", data.display());
+    println!(
+        "  API             {api_url}  (admin token in {})",
+        data.join(TOKEN_FILE).display()
+    );
+    println!(
+        "  apps            http://<app>.{}{port}  (front end on {http_addr})",
+        args.domain
+    );
+    println!(
+        "  node            {:.1} cores, {} MiB for workers",
+        f64::from(capacity.millicores) / 1000.0,
+        capacity.memory_mib
+    );
+    println!("Press Ctrl-C to stop.");
+
+    wait_for_signal().await?;
+    println!("Stopping: draining the front end and stopping instances ...");
+    let _ = stop_tx.send(true);
+    tokio::join!(agent.shutdown(), async {
+        if let Ok(Err(e)) = frontend_task.await {
+            tracing::warn!("front end stopped with an error: {e:#}");
+        }
+    });
+    if let Ok(Err(e)) = api_task.await {
+        tracing::warn!("API server stopped with an error: {e:#}");
+    }
+    routes_task.abort();
+    println!("Stopped.");
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("install the SIGTERM handler")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("wait for Ctrl-C")?,
+        _ = term.recv() => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,632 @@
+//! End-to-end tests: the real `stamp` binary (`stamp up` plus CLI commands), the real sample
+//! app `examples/apps/hello`, real HTTP through the front end. Every wait is bounded.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::process::{Child, Command};
+
+const BIN: &str = env!("CARGO_BIN_EXE_stamp");
+
+fn hello_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/apps/hello")
+}
+
+/// A running `stamp up` on its own data directory and ports.
+struct Stamp {
+    child: Child,
+    data: PathBuf,
+    http: SocketAddr,
+    api: String,
+}
+
+impl Stamp {
+    async fn start(data: &Path, extra: &[&str]) -> Stamp {
+        for f in ["api-url", "http-url"] {
+            let _ = std::fs::remove_file(data.join(f));
+        }
+        let mut cmd = Command::new(BIN);
+        cmd.args(["up", "--api", "127.0.0.1:0", "--http", "127.0.0.1:0"]);
+        if !extra.contains(&"--node-cpus") {
+            // This machine may have fewer cores than three B1 workers need.
+            cmd.args(["--node-cpus", "8"]);
+        }
+        let mut child = cmd
+            .args(["--node-memory-mib", "16384"])
+            .args(extra)
+            .env("STAMP_DATA_DIR", data)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start stamp up");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let (api, http) = loop {
+            let api = std::fs::read_to_string(data.join("api-url"));
+            let http = std::fs::read_to_string(data.join("http-url"));
+            if let (Ok(a), Ok(h)) = (api, http) {
+                break (a, h);
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("stamp up exited at start with {status}");
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "stamp up did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let http = http.trim().trim_start_matches("http://").parse().unwrap();
+        Stamp {
+            child,
+            data: data.to_path_buf(),
+            http,
+            api: api.trim().to_string(),
+        }
+    }
+
+    /// Runs a CLI command; returns (success, stdout, stderr).
+    async fn cli(&self, args: &[&str]) -> (bool, String, String) {
+        let out = tokio::time::timeout(
+            Duration::from_secs(120),
+            Command::new(BIN)
+                .args(args)
+                .env("STAMP_DATA_DIR", &self.data)
+                .env_remove("STAMP_API")
+                .env_remove("STAMP_TOKEN")
+                .output(),
+        )
+        .await
+        .expect("CLI command timed out")
+        .expect("run the CLI");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    async fn ok(&self, args: &[&str]) -> String {
+        let (ok, out, err) = self.cli(args).await;
+        assert!(ok, "stamp {args:?} failed: {err}{out}");
+        out
+    }
+
+    async fn json(&self, args: &[&str]) -> Value {
+        let mut all = args.to_vec();
+        all.extend(["--output", "json"]);
+        serde_json::from_str(&self.ok(&all).await).expect("JSON output")
+    }
+
+    /// Runs a CLI command that must fail; returns its error output.
+    async fn fails(&self, args: &[&str]) -> String {
+        let (ok, out, err) = self.cli(args).await;
+        assert!(!ok, "stamp {args:?} should have failed: {out}");
+        err
+    }
+
+    fn client(&self) -> reqwest::Client {
+        reqwest::Client::builder()
+            .resolve("hello.localhost", self.http)
+            .resolve("nope.localhost", self.http)
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap()
+    }
+
+    fn url(&self, app: &str) -> String {
+        format!("http://{app}.localhost:{}/", self.http.port())
+    }
+
+    async fn get(&self, app: &str) -> (u16, String) {
+        let r = self
+            .client()
+            .get(self.url(app))
+            .send()
+            .await
+            .expect("request");
+        (r.status().as_u16(), r.text().await.unwrap())
+    }
+
+    /// Waits until `check` holds for the app's instances (`stamp ps --output json`).
+    async fn wait_instances(&self, app: &str, what: &str, check: impl Fn(&[Value]) -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let v = self.json(&["ps", app]).await;
+            let list = v.as_array().unwrap();
+            if check(list) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {what}: {v:#}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// SIGTERM, and wait for a clean exit.
+    async fn stop(mut self) {
+        let pid = self.child.id().unwrap() as i32;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGTERM).unwrap();
+        let status = tokio::time::timeout(Duration::from_secs(60), self.child.wait())
+            .await
+            .expect("stamp up did not stop within 60 s")
+            .unwrap();
+        assert!(status.success(), "stamp up exited with {status}");
+    }
+}
+
+fn alive(pid: i64) -> bool {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_ok()
+}
+
+fn instance_of(body: &str) -> String {
+    body.split_whitespace()
+        .nth(2)
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_scale_roll_crash_and_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let s = Stamp::start(&data, &[]).await;
+    let hello = hello_dir();
+    s.ok(&["plan", "create", "web-plan", "--sku", "B1"]).await;
+    s.ok(&["app", "create", "hello", "--plan", "web-plan"])
+        .await;
+    s.ok(&["deploy", hello.to_str().unwrap(), "--app", "hello"])
+        .await;
+    let (status, body) = s.get("hello").await;
+    assert_eq!(status, 200);
+    assert!(body.contains("(release v1): hello"), "{body}");
+
+    // Scale the plan to 3: one web instance per worker.
+    s.ok(&["plan", "scale", "web-plan", "--workers", "3"]).await;
+    let ps = s.json(&["ps", "hello"]).await;
+    let workers: std::collections::BTreeSet<&str> = ps
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["worker"].as_str().unwrap())
+        .collect();
+    assert_eq!(workers.len(), 3, "{ps:#}");
+    assert!(
+        ps.as_array().unwrap().iter().all(|i| i["state"] == "ready"),
+        "{ps:#}"
+    );
+
+    // 30 requests reach 3 distinct instances in round-robin order.
+    let mut seen = Vec::new();
+    for _ in 0..30 {
+        let (status, body) = s.get("hello").await;
+        assert_eq!(status, 200);
+        seen.push(instance_of(&body));
+    }
+    let first: std::collections::BTreeSet<&String> = seen[..3].iter().collect();
+    assert_eq!(first.len(), 3, "{seen:?}");
+    for (i, id) in seen.iter().enumerate() {
+        assert_eq!(id, &seen[i % 3], "not round robin: {seen:?}");
+    }
+
+    // Redeploy (changed code) while a client loop runs: no request fails.
+    let v2 = tmp.path().join("hello-v2");
+    copy_dir(&hello, &v2);
+    std::fs::write(v2.join("VERSION"), "2").unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (sent, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let load = tokio::spawn({
+        let (client, url) = (s.client(), s.url("hello"));
+        let (stop, sent, failed) = (stop.clone(), sent.clone(), failed.clone());
+        async move {
+            let mut last = String::new();
+            for _ in 0..20_000 {
+                if stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                sent.fetch_add(1, Ordering::SeqCst);
+                match client.get(&url).send().await {
+                    Ok(r) if r.status() == 200 => last = r.text().await.unwrap_or_default(),
+                    Ok(r) => {
+                        failed.fetch_add(1, Ordering::SeqCst);
+                        eprintln!(
+                            "failed: {} {:?}",
+                            r.status(),
+                            r.headers().get("x-stamp-error")
+                        );
+                    }
+                    Err(e) => {
+                        failed.fetch_add(1, Ordering::SeqCst);
+                        eprintln!("failed: {e}");
+                    }
+                }
+            }
+            last
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    s.ok(&["deploy", v2.to_str().unwrap(), "--app", "hello"])
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::SeqCst);
+    let last = load.await.unwrap();
+    assert_eq!(
+        failed.load(Ordering::SeqCst),
+        0,
+        "of {} requests",
+        sent.load(Ordering::SeqCst)
+    );
+    assert!(sent.load(Ordering::SeqCst) > 20);
+    assert!(last.contains("(release v2)"), "{last}");
+
+    // A setting change is a new release, rolled out.
+    s.ok(&["config", "set", "hello", "GREETING=hi"]).await;
+    let (_, body) = s.get("hello").await;
+    assert!(body.contains("(release v3): hi"), "{body}");
+
+    // Kill an instance's process: it is restarted and serves again.
+    let ps = s.json(&["ps", "hello"]).await;
+    let victim = ps[0]["id"].as_str().unwrap().to_string();
+    let pid = ps[0]["pid"].as_i64().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::SIGKILL,
+    )
+    .unwrap();
+    s.wait_instances("hello", "the killed instance to restart", |list| {
+        list.iter()
+            .any(|i| i["id"] == victim.as_str() && i["restarts"] == 1 && i["state"] == "ready")
+    })
+    .await;
+    let mut served_by_victim = false;
+    for _ in 0..6 {
+        let (status, body) = s.get("hello").await;
+        assert_eq!(status, 200);
+        served_by_victim |= instance_of(&body) == victim;
+    }
+    assert!(served_by_victim, "the restarted instance does not serve");
+    let logs = s.ok(&["logs", "hello", "--lines", "500"]).await;
+    assert!(logs.contains(&format!("{victim} crashed")), "{logs}");
+
+    // Stop: instances get SIGTERM and are gone.
+    let pids: Vec<i64> = s
+        .json(&["ps", "hello"])
+        .await
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["pid"].as_i64().unwrap())
+        .collect();
+    s.stop().await;
+    for pid in &pids {
+        assert!(!alive(*pid), "instance process {pid} outlived stamp up");
+    }
+
+    // Restart on the same data directory: same plan, release, settings and instance count.
+    let s = Stamp::start(&data, &[]).await;
+    s.wait_instances("hello", "3 ready instances after restart", |list| {
+        list.len() == 3
+            && list
+                .iter()
+                .all(|i| i["state"] == "ready" && i["release"] == 3)
+    })
+    .await;
+    let (status, body) = s.get("hello").await;
+    assert_eq!(status, 200);
+    assert!(body.contains("(release v3): hi"), "{body}");
+    let plan = s.json(&["plan", "show", "web-plan"]).await;
+    assert_eq!(plan["workers"], 3);
+    s.stop().await;
+}
+
+/// An archive with one entry whose raw tar name is `name` (bypassing the tar crate's checks).
+fn evil_tar_gz(name: &str, link: Option<&str>) -> Vec<u8> {
+    let mut b = tar::Builder::new(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::fast(),
+    ));
+    let mut procfile = tar::Header::new_gnu();
+    procfile.set_path("Procfile").unwrap();
+    procfile.set_size(12);
+    procfile.set_mode(0o644);
+    procfile.set_cksum();
+    b.append(&procfile, &b"web: true ok\n"[..12]).unwrap();
+    let mut h = tar::Header::new_old();
+    let bytes = name.as_bytes();
+    h.as_old_mut().name[..bytes.len()].copy_from_slice(bytes);
+    h.set_mode(0o644);
+    match link {
+        Some(target) => {
+            h.set_entry_type(tar::EntryType::Symlink);
+            h.as_old_mut().linkname[..target.len()].copy_from_slice(target.as_bytes());
+            h.set_size(0);
+            h.set_cksum();
+            b.append(&h, &[][..]).unwrap();
+        }
+        None => {
+            h.set_size(4);
+            h.set_cksum();
+            b.append(&h, &b"evil"[..]).unwrap();
+        }
+    }
+    b.into_inner().unwrap().finish().unwrap()
+}
+
+fn zip_with(entries: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    for (name, data) in entries {
+        w.start_file(*name, zip::write::SimpleFileOptions::default())
+            .unwrap();
+        std::io::Write::write_all(&mut w, data).unwrap();
+    }
+    w.finish().unwrap().into_inner()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_a_clear_error_and_changes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let s = Stamp::start(&data, &["--max-upload-mib", "1", "--node-cpus", "2"]).await;
+    s.ok(&["plan", "create", "p", "--sku", "B1"]).await;
+    s.ok(&["app", "create", "hello", "--plan", "p"]).await;
+    s.ok(&["deploy", hello_dir().to_str().unwrap(), "--app", "hello"])
+        .await;
+
+    let f = |name: &str, bytes: &[u8]| {
+        let p = tmp.path().join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    let no_procfile = tmp.path().join("no-procfile");
+    std::fs::create_dir_all(&no_procfile).unwrap();
+    std::fs::write(no_procfile.join("app.py"), "print()").unwrap();
+    let no_web = tmp.path().join("no-web");
+    std::fs::create_dir_all(&no_web).unwrap();
+    std::fs::write(no_web.join("Procfile"), "worker: python3 jobs.py\n").unwrap();
+    let big: Vec<u8> = (0..2 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec![
+                "app".into(),
+                "create".into(),
+                "Bad_Name".into(),
+                "--plan".into(),
+                "p".into(),
+            ],
+            "invalid app name",
+        ),
+        (
+            vec![
+                "app".into(),
+                "create".into(),
+                "other".into(),
+                "--plan".into(),
+                "nope".into(),
+            ],
+            "no plan named nope",
+        ),
+        (
+            vec![
+                "plan".into(),
+                "create".into(),
+                "q".into(),
+                "--sku".into(),
+                "Z9".into(),
+            ],
+            "unknown SKU",
+        ),
+        (
+            vec![
+                "deploy".into(),
+                hello_dir().to_str().unwrap().into(),
+                "--app".into(),
+                "nope".into(),
+            ],
+            "no app named nope",
+        ),
+        (
+            vec![
+                "deploy".into(),
+                no_procfile.to_str().unwrap().into(),
+                "--app".into(),
+                "hello".into(),
+            ],
+            "no Procfile",
+        ),
+        (
+            vec![
+                "deploy".into(),
+                no_web.to_str().unwrap().into(),
+                "--app".into(),
+                "hello".into(),
+            ],
+            "no `web` process type",
+        ),
+        (
+            vec![
+                "deploy".into(),
+                f("notes.txt", b"just text"),
+                "--app".into(),
+                "hello".into(),
+            ],
+            "neither a zip nor a tar.gz",
+        ),
+        (
+            vec![
+                "deploy".into(),
+                f(
+                    "slip.zip",
+                    &zip_with(&[("Procfile", b"web: x"), ("../evil", b"x")]),
+                ),
+                "--app".into(),
+                "hello".into(),
+            ],
+            "../evil",
+        ),
+        (
+            vec![
+                "deploy".into(),
+                f("abs.tar.gz", &evil_tar_gz("/tmp/evil", None)),
+                "--app".into(),
+                "hello".into(),
+            ],
+            "/tmp/evil",
+        ),
+        (
+            vec![
+                "deploy".into(),
+                f("dots.tar.gz", &evil_tar_gz("a/../../evil", None)),
+                "--app".into(),
+                "hello".into(),
+            ],
+            "evil",
+        ),
+        (
+            vec![
+                "deploy".into(),
+                f("link.tar.gz", &evil_tar_gz("link", Some("../../outside"))),
+                "--app".into(),
+                "hello".into(),
+            ],
+            "link",
+        ),
+        (
+            vec![
+                "deploy".into(),
+                f("big.bin", &big),
+                "--app".into(),
+                "hello".into(),
+            ],
+            "1 MiB",
+        ),
+        (
+            vec![
+                "plan".into(),
+                "scale".into(),
+                "p".into(),
+                "--workers".into(),
+                "0".into(),
+            ],
+            "at least 1 worker",
+        ),
+        (
+            vec![
+                "plan".into(),
+                "scale".into(),
+                "p".into(),
+                "--workers".into(),
+                "4".into(),
+            ],
+            "at most 3 workers",
+        ),
+        (
+            vec![
+                "plan".into(),
+                "scale".into(),
+                "p".into(),
+                "--workers".into(),
+                "3".into(),
+            ],
+            "not enough node capacity",
+        ),
+        (
+            vec![
+                "config".into(),
+                "set".into(),
+                "hello".into(),
+                "PORT=1".into(),
+            ],
+            "PORT",
+        ),
+        (
+            vec![
+                "config".into(),
+                "set".into(),
+                "hello".into(),
+                "1BAD=x".into(),
+            ],
+            "invalid setting name",
+        ),
+        (
+            vec!["plan".into(), "delete".into(), "p".into()],
+            "still has apps",
+        ),
+    ];
+    for (args, needle) in &cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let err = s.fails(&args).await;
+        assert!(
+            err.contains(needle),
+            "stamp {args:?}: expected {needle:?} in: {err}"
+        );
+        // Nothing changed: still one release, still serving it, same plan.
+        let releases = s.json(&["releases", "hello"]).await;
+        assert_eq!(
+            releases.as_array().unwrap().len(),
+            1,
+            "after {args:?}: {releases:#}"
+        );
+        let (status, body) = s.get("hello").await;
+        assert_eq!(status, 200, "after {args:?}");
+        assert!(body.contains("(release v1)"), "after {args:?}: {body}");
+    }
+    assert_eq!(s.json(&["plan", "show", "p"]).await["workers"], 1);
+    assert_eq!(s.json(&["app", "list"]).await.as_array().unwrap().len(), 1);
+    // Rejected uploads leave no artifact behind: only v1's.
+    let blobs = std::fs::read_dir(data.join("artifacts/sha256"))
+        .unwrap()
+        .count();
+    assert_eq!(blobs, 1);
+
+    // The API wants a token; the CLI says what to do without one.
+    let http = reqwest::Client::new();
+    let r = http
+        .get(format!("{}/api/v1/apps", s.api))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "unauthorized");
+    let r = http
+        .get(format!("{}/api/v1/apps", s.api))
+        .bearer_auth("not-the-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let out = Command::new(BIN)
+        .args(["app", "list"])
+        .env("STAMP_DATA_DIR", &data)
+        .env("STAMP_TOKEN", "wrong")
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("admin-token"));
+
+    // Unknown host and an app without instances get the front end's pages.
+    let r = s.client().get(s.url("nope")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(r.headers()["x-stamp-error"], "no-such-app");
+    s.stop().await;
+}

@@ -1,0 +1,50 @@
+"""Stamp's hello sample app: Python standard library only.
+
+Answers every GET with one line naming the instance, the release and the GREETING setting,
+so tests and people can see which instance served them:
+
+    hello from hello-web-0-3f9a1c (release v2): hi
+"""
+
+import os
+import signal
+import sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):
+        if self.path.startswith("/env/"):
+            name = self.path[len("/env/"):]
+            body = (os.environ.get(name, "") + "\n").encode()
+        else:
+            body = "hello from {} (release {}): {}\n".format(
+                os.environ.get("STAMP_INSTANCE_ID", "local"),
+                os.environ.get("STAMP_RELEASE", "-"),
+                os.environ.get("GREETING", "hello"),
+            ).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, fmt, *args):
+        sys.stdout.write("%s %s\n" % (self.address_string(), fmt % args))
+        sys.stdout.flush()
+
+
+def main():
+    port = int(os.environ.get("PORT", "8000"))
+    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    server.daemon_threads = True
+    # Heroku and Stamp stop an instance with SIGTERM: finish and exit cleanly.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    print("hello listening on port %d" % port, flush=True)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()
