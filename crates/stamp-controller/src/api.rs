@@ -672,10 +672,10 @@ async fn logs(
             loop {
                 match rx.recv().await {
                     Ok(line) => {
-                        if let Some((ts, text)) = &seen {
-                            if line.ts < *ts || (line.ts == *ts && &line.text == text) {
-                                continue;
-                            }
+                        if let Some((ts, text)) = &seen
+                            && (line.ts < *ts || (line.ts == *ts && &line.text == text))
+                        {
+                            continue;
                         }
                         return Some((Ok(log_line_json(&line)), (rx, None)));
                     }

@@ -58,7 +58,7 @@ pub fn age(since: u64) -> String {
 }
 
 pub fn mib(m: u32) -> String {
-    if m >= 1024 && m % 1024 == 0 {
+    if m >= 1024 && m.is_multiple_of(1024) {
         format!("{} GiB", m / 1024)
     } else if m >= 1024 {
         format!("{:.2} GiB", f64::from(m) / 1024.0)
@@ -68,7 +68,7 @@ pub fn mib(m: u32) -> String {
 }
 
 pub fn cores(millicores: u32) -> String {
-    if millicores % 1000 == 0 {
+    if millicores.is_multiple_of(1000) {
         format!("{}", millicores / 1000)
     } else {
         format!("{:.2}", f64::from(millicores) / 1000.0)

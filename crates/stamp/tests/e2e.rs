@@ -630,3 +630,57 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
     assert_eq!(r.headers()["x-stamp-error"], "no-such-app");
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_changes_survive_kill_9_and_logs_follow() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let mut s = Stamp::start(&data, &[]).await;
+    s.ok(&["plan", "create", "p", "--sku", "S1", "--workers", "2"])
+        .await;
+    s.ok(&["app", "create", "hello", "--plan", "p"]).await;
+    s.ok(&["config", "set", "hello", "A=1", "B=two words"])
+        .await;
+
+    // `logs --tail` shows past lines, then follows new ones.
+    let mut tail = Command::new(BIN)
+        .args(["logs", "hello", "--tail"])
+        .env("STAMP_DATA_DIR", &data)
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines =
+        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(tail.stdout.take().unwrap()));
+    s.ok(&["config", "unset", "hello", "A"]).await;
+    let mut seen = Vec::new();
+    let followed = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            seen.push(line.clone());
+            if line.contains("release v2 created: Unset A") {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(
+        followed.is_ok(),
+        "logs --tail did not show the new event: {seen:#?}"
+    );
+    assert!(
+        seen.iter().any(|l| l.contains("app hello created")),
+        "{seen:#?}"
+    );
+    tail.kill().await.unwrap();
+
+    // kill -9 right after acknowledged changes: they are all there after a restart.
+    s.ok(&["plan", "scale", "p", "--workers", "3"]).await;
+    s.child.kill().await.unwrap();
+    let s = Stamp::start(&data, &[]).await;
+    assert_eq!(s.json(&["plan", "show", "p"]).await["workers"], 3);
+    let settings = s.json(&["config", "list", "hello"]).await;
+    assert_eq!(settings, serde_json::json!({"B": "two words"}));
+    let releases = s.json(&["releases", "hello"]).await;
+    assert_eq!(releases.as_array().unwrap().len(), 2, "{releases:#}");
+    s.stop().await;
+}

@@ -1,0 +1,324 @@
+//! The worker agent: makes the instances the controller desires run on this machine, and reports
+//! what runs.
+//!
+//! The agent is an IO shell around the pure [`stamp_model::reconcile::reconcile`]: on every change
+//! of the desired set or of an instance's state it reconciles and carries out the resulting
+//! starts and stops. [`WorkerAgent`] is the handle; [`AgentTask`] owns the loop and the observed
+//! state; each instance has its own supervisor task ([`supervisor`]) that runs its process,
+//! restarts it after crashes and drains and stops it, reporting every state change back.
+//!
+//! On disk, the agent owns `<dir>/instances/<id>/{app,home,tmp,pgid}`: the unpacked artifact, the
+//! instance's `$HOME` and `$TMPDIR`, and its process group id, so the next agent on the same
+//! directory can kill what a crashed one left behind ([`leftovers`]).
+
+mod leftovers;
+mod process;
+mod supervisor;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use stamp_model::reconcile::{Action, reconcile};
+use stamp_model::{InstanceId, InstanceSpec, InstanceState, ObservedInstance, WallClock};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinSet;
+
+use crate::supervisor::{StopRequest, Supervisor};
+
+/// What a worker agent needs to run instances.
+#[derive(Clone)]
+pub struct WorkerConfig {
+    /// The agent's scratch directory: `instances/<id>/{app,home,tmp}`. Everything in
+    /// `instances/` is deleted when the agent starts.
+    pub dir: PathBuf,
+    /// Where the artifacts named by [`InstanceSpec::artifact`] are.
+    pub artifacts: stamp_artifact::BlobStore,
+    /// Instance output and platform events go to each app's log.
+    pub logs: stamp_logs::LogBook,
+    /// The stamp's domain, for `WEBSITE_HOSTNAME = <app>.<domain>`.
+    pub domain: String,
+    /// Polled (every ~15 ms) before SIGTERM of a draining instance: true once the front end
+    /// routes nothing to that address and has nothing in flight to it. Wired to
+    /// `Frontend::is_drained`.
+    pub drained: Arc<dyn Fn(SocketAddr) -> bool + Send + Sync>,
+    /// For [`ObservedInstance::started_at`].
+    pub clock: Arc<dyn WallClock>,
+}
+
+/// Handle to a running worker agent; cheap to clone. When the last handle is dropped the agent
+/// stops every instance (as [`WorkerAgent::shutdown`] does) and ends.
+#[derive(Clone)]
+pub struct WorkerAgent {
+    commands: mpsc::UnboundedSender<Command>,
+    observed: watch::Receiver<Vec<ObservedInstance>>,
+}
+
+enum Command {
+    SetDesired(Vec<InstanceSpec>),
+    Shutdown(oneshot::Sender<()>),
+}
+
+impl WorkerAgent {
+    /// Starts the agent task. First kills leftovers of a previous run that died without cleanup
+    /// (process groups recorded in `instances/<id>/pgid` files) and clears `instances/`.
+    pub async fn start(config: WorkerConfig) -> anyhow::Result<WorkerAgent> {
+        let instances = config.dir.join("instances");
+        leftovers::kill(&instances).await;
+        match tokio::fs::remove_dir_all(&instances).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!(
+                        "clear the agent's instances directory {}",
+                        instances.display()
+                    )
+                });
+            }
+        }
+        tokio::fs::create_dir_all(&instances)
+            .await
+            .with_context(|| format!("create the agent's directory {}", instances.display()))?;
+
+        let (commands, commands_rx) = mpsc::unbounded_channel();
+        let (observed_tx, observed) = watch::channel(Vec::new());
+        let (reports_tx, reports) = mpsc::unbounded_channel();
+        let task = AgentTask {
+            context: Arc::new(supervisor::Context {
+                instances,
+                artifacts: config.artifacts,
+                logs: config.logs,
+                domain: config.domain,
+                drained: config.drained,
+                clock: config.clock,
+            }),
+            desired: Vec::new(),
+            instances: BTreeMap::new(),
+            tasks: HashMap::new(),
+            supervisors: JoinSet::new(),
+            commands: commands_rx,
+            commands_open: true,
+            reports_tx,
+            reports,
+            observed: observed_tx,
+            shutdown: None,
+        };
+        tokio::spawn(task.run());
+        Ok(WorkerAgent { commands, observed })
+    }
+
+    /// Replaces the whole desired set.
+    pub fn set_desired(&self, specs: Vec<InstanceSpec>) {
+        // A closed channel means the agent was shut down, after which desire is ignored.
+        let _ = self.commands.send(Command::SetDesired(specs));
+    }
+
+    /// What runs. Every state change is published, sorted by key then id.
+    pub fn observed(&self) -> watch::Receiver<Vec<ObservedInstance>> {
+        self.observed.clone()
+    }
+
+    /// Stops every instance (SIGTERM to its process group, SIGKILL after its spec's grace
+    /// period), all in parallel, and returns when all have exited. Desired state is ignored
+    /// afterwards.
+    pub async fn shutdown(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.commands.send(Command::Shutdown(tx)).is_ok() {
+            // An error means the agent already finished shutting down.
+            let _ = rx.await;
+        }
+    }
+}
+
+/// One instance as the agent sees it.
+struct Entry {
+    observed: ObservedInstance,
+    stop: watch::Sender<StopRequest>,
+}
+
+/// Owns the agent loop: the desired set, the observed instances and their supervisor tasks.
+struct AgentTask {
+    context: Arc<supervisor::Context>,
+    desired: Vec<InstanceSpec>,
+    instances: BTreeMap<InstanceId, Entry>,
+    /// Which instance each supervisor task supervises, to forget it when the task ends.
+    tasks: HashMap<tokio::task::Id, InstanceId>,
+    /// Owning the tasks means they (and, through their process guards, the processes) end
+    /// with the agent task even if it is dropped without a shutdown.
+    supervisors: JoinSet<()>,
+    commands: mpsc::UnboundedReceiver<Command>,
+    commands_open: bool,
+    reports_tx: mpsc::UnboundedSender<ObservedInstance>,
+    reports: mpsc::UnboundedReceiver<ObservedInstance>,
+    observed: watch::Sender<Vec<ObservedInstance>>,
+    /// Set once shutting down, with whoever waits for it to finish.
+    shutdown: Option<Vec<oneshot::Sender<()>>>,
+}
+
+impl AgentTask {
+    async fn run(mut self) {
+        loop {
+            tokio::select! {
+                command = self.commands.recv(), if self.commands_open => match command {
+                    Some(Command::SetDesired(specs)) => self.desired = specs,
+                    Some(Command::Shutdown(done)) => self.begin_shutdown(Some(done)),
+                    None => {
+                        self.commands_open = false;
+                        self.begin_shutdown(None);
+                    }
+                },
+                Some(report) = self.reports.recv() => self.apply(report),
+                Some(joined) = self.supervisors.join_next_with_id() => {
+                    let task = match joined {
+                        Ok((task, ())) => task,
+                        Err(e) => {
+                            tracing::error!("an instance supervisor failed: {e}");
+                            e.id()
+                        }
+                    };
+                    if let Some(id) = self.tasks.remove(&task) {
+                        self.instances.remove(&id);
+                    }
+                }
+            }
+            if let Some(waiters) = &mut self.shutdown {
+                if self.instances.is_empty() {
+                    for done in waiters.drain(..) {
+                        let _ = done.send(());
+                    }
+                    self.publish();
+                    if !self.commands_open {
+                        return;
+                    }
+                    // Keep answering shutdown calls (at once) until every handle is gone.
+                    self.drain_commands_after_shutdown().await;
+                    return;
+                }
+            } else {
+                self.reconcile();
+            }
+            self.publish();
+        }
+    }
+
+    async fn drain_commands_after_shutdown(&mut self) {
+        while let Some(command) = self.commands.recv().await {
+            if let Command::Shutdown(done) = command {
+                let _ = done.send(());
+            }
+        }
+    }
+
+    fn begin_shutdown(&mut self, done: Option<oneshot::Sender<()>>) {
+        self.desired.clear();
+        for entry in self.instances.values() {
+            entry.stop.send_replace(StopRequest::Now);
+        }
+        self.shutdown.get_or_insert_with(Vec::new).extend(done);
+    }
+
+    fn apply(&mut self, report: ObservedInstance) {
+        // Reports of instances already gone are stale; the entry is made only by a start.
+        let Some(entry) = self.instances.get_mut(&report.id) else {
+            return;
+        };
+        let stop_requested = *entry.stop.borrow() != StopRequest::Run;
+        entry.observed = report;
+        if stop_requested && !entry.observed.state.is_leaving() {
+            // A report sent before the supervisor saw the stop: keep it out of rotation.
+            entry.observed.state = InstanceState::Draining;
+        }
+    }
+
+    fn observed_now(&self) -> Vec<ObservedInstance> {
+        let mut all: Vec<ObservedInstance> = self
+            .instances
+            .values()
+            .map(|e| e.observed.clone())
+            .collect();
+        all.sort_by(|a, b| (&a.spec.key, &a.id).cmp(&(&b.spec.key, &b.id)));
+        all
+    }
+
+    fn publish(&self) {
+        let now = self.observed_now();
+        self.observed.send_if_modified(|current| {
+            if *current == now {
+                false
+            } else {
+                *current = now;
+                true
+            }
+        });
+    }
+
+    fn reconcile(&mut self) {
+        for action in reconcile(&self.desired, &self.observed_now()) {
+            match action {
+                Action::Start(spec) => self.start(spec),
+                Action::Stop(id) => {
+                    if let Some(entry) = self.instances.get_mut(&id) {
+                        entry.stop.send_replace(StopRequest::Drain);
+                        // Published at once so the controller takes it out of the routes.
+                        if !entry.observed.state.is_leaving() {
+                            entry.observed.state = InstanceState::Draining;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn start(&mut self, spec: InstanceSpec) {
+        let id = loop {
+            let id = InstanceId(format!(
+                "{}-{}-{}-{:06x}",
+                spec.key.app,
+                spec.key.process_type,
+                spec.key.worker.index,
+                rand::random::<u32>() & 0x00ff_ffff
+            ));
+            if !self.instances.contains_key(&id) {
+                break id;
+            }
+        };
+        let port = match free_port() {
+            Ok(port) => port,
+            Err(e) => {
+                // Retried on the next change; a machine out of ports has bigger problems.
+                tracing::error!("failed to find a free port for {id}: {e}");
+                return;
+            }
+        };
+        let observed = ObservedInstance {
+            id: id.clone(),
+            spec,
+            state: InstanceState::Starting,
+            pid: None,
+            port,
+            started_at: self.context.clock.now(),
+            restarts: 0,
+        };
+        let (stop, stop_rx) = watch::channel(StopRequest::Run);
+        let supervisor = Supervisor::new(
+            self.context.clone(),
+            observed.clone(),
+            self.reports_tx.clone(),
+            stop_rx,
+        );
+        // The supervisor spawns the process from a runtime worker thread (never a blocking
+        // thread), which PR_SET_PDEATHSIG relies on: see `process::spawn`.
+        let handle = self.supervisors.spawn(supervisor.run());
+        self.tasks.insert(handle.id(), id.clone());
+        self.instances.insert(id, Entry { observed, stop });
+    }
+}
+
+/// A port nobody listens on now: bind port 0 on loopback, read it, close.
+fn free_port() -> std::io::Result<u16> {
+    let listener = std::net::TcpListener::bind(("127.0.0.1", 0))?;
+    Ok(listener.local_addr()?.port())
+}

@@ -1,0 +1,288 @@
+//! One instance's life, from start to stopped: prepare its directory, run its process, wait for
+//! it to listen on `$PORT`, restart it with backoff when it crashes, and drain and stop it when
+//! the agent asks. Every state change is reported to the agent task; every step is an event in
+//! the app's log.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use stamp_model::{InstanceState, Millis, ObservedInstance, WallClock, backoff};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use crate::process::{InstancePaths, Process, StartError};
+
+/// How often a starting instance's port is tried.
+const READY_POLL: Duration = Duration::from_millis(25);
+/// How often the front end is asked whether a draining instance is drained.
+const DRAIN_POLL: Duration = Duration::from_millis(15);
+
+/// What the agent shares with every supervisor.
+pub(crate) struct Context {
+    pub instances: PathBuf,
+    pub artifacts: stamp_artifact::BlobStore,
+    pub logs: stamp_logs::LogBook,
+    pub domain: String,
+    pub drained: Arc<dyn Fn(SocketAddr) -> bool + Send + Sync>,
+    pub clock: Arc<dyn WallClock>,
+}
+
+/// What the agent wants of a supervised instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StopRequest {
+    /// Keep it running.
+    Run,
+    /// Take it out of rotation, wait until it is drained, then stop it.
+    Drain,
+    /// Stop it without draining (the agent shuts down).
+    Now,
+}
+
+enum Attempt {
+    Crashed { reason: String, ran_for: Millis },
+    Stopped,
+}
+
+pub(crate) struct Supervisor {
+    context: Arc<Context>,
+    observed: ObservedInstance,
+    paths: InstancePaths,
+    reports: mpsc::UnboundedSender<ObservedInstance>,
+    stop: watch::Receiver<StopRequest>,
+    /// The artifact is unpacked once; restarts reuse the directory.
+    prepared: bool,
+}
+
+impl Supervisor {
+    pub fn new(
+        context: Arc<Context>,
+        observed: ObservedInstance,
+        reports: mpsc::UnboundedSender<ObservedInstance>,
+        stop: watch::Receiver<StopRequest>,
+    ) -> Supervisor {
+        let paths = InstancePaths::new(&context.instances.join(&observed.id.0));
+        Supervisor {
+            context,
+            observed,
+            paths,
+            reports,
+            stop,
+            prepared: false,
+        }
+    }
+
+    pub async fn run(mut self) {
+        let mut consecutive = 0;
+        loop {
+            let Attempt::Crashed { reason, ran_for } = self.attempt().await else {
+                break;
+            };
+            consecutive = backoff::next_consecutive(consecutive, ran_for);
+            let delay = backoff::restart_delay(consecutive);
+            self.observed.pid = None;
+            self.set_state(InstanceState::Crashed);
+            self.event(&format!(
+                "{} crashed: {reason}; restarting in {}",
+                self.observed.id,
+                secs(delay)
+            ));
+            tokio::select! {
+                () = tokio::time::sleep(delay.as_duration()) => {}
+                // A crashed instance being stopped just cancels its restart.
+                _ = stop_requested(&mut self.stop) => break,
+            }
+            self.observed.restarts += 1;
+        }
+        self.observed.pid = None;
+        match tokio::fs::remove_dir_all(&self.paths.root).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(
+                "failed to remove {} of stopped instance {}: {e}",
+                self.paths.root.display(),
+                self.observed.id
+            ),
+        }
+        self.event(&format!("{} stopped", self.observed.id));
+    }
+
+    /// Runs the process once, until it crashes or is stopped.
+    async fn attempt(&mut self) -> Attempt {
+        if *self.stop.borrow() != StopRequest::Run {
+            return Attempt::Stopped;
+        }
+        let o = &self.observed;
+        let verb = if o.restarts == 0 {
+            "starting"
+        } else {
+            "restarting"
+        };
+        self.event(&format!(
+            "{} {verb} v{} on port {}: {}",
+            o.id, o.spec.release, o.port, o.spec.command
+        ));
+        let mut process = match self.launch().await {
+            Ok(process) => process,
+            Err(e) => {
+                return Attempt::Crashed {
+                    reason: e.to_string(),
+                    ran_for: Millis::ZERO,
+                };
+            }
+        };
+        let started = Instant::now();
+        self.observed.pid = Some(process.pid());
+        self.observed.started_at = self.context.clock.now();
+        self.set_state(InstanceState::Starting);
+
+        let port = self.observed.port;
+        let timeout = self.observed.spec.start_timeout;
+        tokio::select! {
+            exit = process.wait() => return crashed(exit, started),
+            () = tokio::time::sleep(timeout.as_duration()) => {
+                process.signal(Signal::SIGKILL);
+                process.wait().await;
+                return Attempt::Crashed {
+                    reason: format!(
+                        "did not accept connections on port {port} within {}",
+                        secs(timeout)
+                    ),
+                    ran_for: Millis::from(started.elapsed()),
+                };
+            }
+            request = stop_requested(&mut self.stop) => return self.stop(process, request).await,
+            () = listening(port) => {}
+        }
+        self.set_state(InstanceState::Ready);
+        self.event(&format!(
+            "{} v{} ready on port {port}",
+            self.observed.id, self.observed.spec.release
+        ));
+        tokio::select! {
+            exit = process.wait() => crashed(exit, started),
+            request = stop_requested(&mut self.stop) => self.stop(process, request).await,
+        }
+    }
+
+    /// Prepares the instance's directory (once) and spawns its process.
+    async fn launch(&mut self) -> Result<Process, StartError> {
+        if !self.prepared {
+            let paths = self.paths.clone();
+            let artifacts = self.context.artifacts.clone();
+            let digest = self.observed.spec.artifact.clone();
+            tokio::task::spawn_blocking(move || {
+                crate::process::prepare(&paths, &artifacts, &digest)
+            })
+            .await
+            .map_err(|e| StartError::Internal(e.to_string()))??;
+            self.prepared = true;
+        }
+        // Spawned here, on a runtime worker thread, never inside spawn_blocking: see
+        // `process::spawn` on PR_SET_PDEATHSIG.
+        let process = Process::spawn(
+            &self.observed,
+            &self.paths,
+            &self.context.domain,
+            &self.context.logs,
+        )?;
+        if let Err(e) = tokio::fs::write(&self.paths.pgid, process.pgid().to_string()).await {
+            tracing::warn!(
+                "failed to record the process group of {} in {}: {e}",
+                self.observed.id,
+                self.paths.pgid.display()
+            );
+        }
+        Ok(process)
+    }
+
+    /// Drains (unless asked to stop now) and stops a running process.
+    async fn stop(&mut self, mut process: Process, request: StopRequest) -> Attempt {
+        let id = self.observed.id.clone();
+        let grace = self.observed.spec.grace_period;
+        if request == StopRequest::Drain {
+            self.set_state(InstanceState::Draining);
+            self.event(&format!("{id} draining"));
+            let addr = SocketAddr::from(([127, 0, 0, 1], self.observed.port));
+            let drained = self.context.drained.clone();
+            tokio::select! {
+                () = until_drained(&*drained, addr) => {}
+                () = tokio::time::sleep(grace.as_duration()) => {}
+                // Shutdown does not wait for drains in progress.
+                _ = self.stop.wait_for(|r| *r == StopRequest::Now) => {}
+                _ = process.wait() => return Attempt::Stopped,
+            }
+        }
+        self.set_state(InstanceState::Stopping);
+        self.event(&format!("{id} stopping (SIGTERM)"));
+        process.signal(Signal::SIGTERM);
+        if tokio::time::timeout(grace.as_duration(), process.wait())
+            .await
+            .is_err()
+        {
+            process.signal(Signal::SIGKILL);
+            self.event(&format!(
+                "{id} did not exit within {}; sent SIGKILL",
+                secs(grace)
+            ));
+            process.wait().await;
+        }
+        Attempt::Stopped
+    }
+
+    fn set_state(&mut self, state: InstanceState) {
+        self.observed.state = state;
+        // An error means the agent is gone, and with it anyone interested.
+        let _ = self.reports.send(self.observed.clone());
+    }
+
+    fn event(&self, text: &str) {
+        let app = &self.observed.spec.key.app;
+        tracing::info!(%app, "{text}");
+        self.context.logs.event(app, text);
+    }
+}
+
+fn crashed(exit: String, started: Instant) -> Attempt {
+    Attempt::Crashed {
+        reason: exit,
+        ran_for: Millis::from(started.elapsed()),
+    }
+}
+
+/// Resolves once the agent asks for a stop; a vanished agent counts as "stop now".
+async fn stop_requested(stop: &mut watch::Receiver<StopRequest>) -> StopRequest {
+    match stop.wait_for(|r| *r != StopRequest::Run).await {
+        Ok(request) => *request,
+        Err(_) => StopRequest::Now,
+    }
+}
+
+/// Resolves once something accepts TCP connections on 127.0.0.1:`port`.
+async fn listening(port: u16) {
+    loop {
+        let connect = tokio::net::TcpStream::connect(("127.0.0.1", port));
+        if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(1), connect).await {
+            return;
+        }
+        tokio::time::sleep(READY_POLL).await;
+    }
+}
+
+async fn until_drained(drained: &(dyn Fn(SocketAddr) -> bool + Send + Sync), addr: SocketAddr) {
+    while !drained(addr) {
+        tokio::time::sleep(DRAIN_POLL).await;
+    }
+}
+
+/// `1 s`, `0.5 s`: durations in events.
+fn secs(m: Millis) -> String {
+    let (whole, rest) = (m.0 / 1000, m.0 % 1000);
+    if rest == 0 {
+        format!("{whole} s")
+    } else {
+        format!("{:.1} s", m.0 as f64 / 1000.0)
+    }
+}
