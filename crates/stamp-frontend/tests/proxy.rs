@@ -2,7 +2,6 @@
 //! name and the request they saw, a real front end on 127.0.0.1:0, and real HTTP clients (the
 //! hyper-util pooled client, raw TCP writes where the exact bytes matter, an h2 connection).
 
-use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,10 +16,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use stamp_frontend::{Frontend, FrontendConfig};
-use stamp_model::{
-    AppName, Digest, InstanceId, InstanceKey, InstanceSpec, InstanceState, Millis,
-    ObservedInstance, PlanName, ProcessType, SlotName, WorkerId,
-};
+use stamp_model::{AppName, InstanceState, ObservedInstance};
 use stamp_routes::RouteTable;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -159,32 +155,8 @@ fn app(name: &str) -> AppName {
 }
 
 fn instance(app_name: &str, worker: u32, state: InstanceState, port: u16) -> ObservedInstance {
-    ObservedInstance {
-        id: InstanceId(format!("{app_name}-web-{worker}")),
-        spec: InstanceSpec {
-            key: InstanceKey {
-                app: app(app_name),
-                slot: SlotName::production(),
-                process_type: ProcessType::web(),
-                worker: WorkerId {
-                    plan: PlanName::parse("p").expect("valid plan"),
-                    index: worker,
-                },
-            },
-            release: 1,
-            generation: 0,
-            artifact: Digest::parse(&"ab".repeat(32)).expect("valid digest"),
-            command: "run".to_string(),
-            env: BTreeMap::new(),
-            grace_period: Millis::from_secs(30),
-            start_timeout: Millis::from_secs(60),
-        },
-        state,
-        pid: Some(1),
-        port,
-        started_at: Millis::ZERO,
-        restarts: 0,
-    }
+    let spec = stamp_model::fixtures::spec(app_name, worker, 1);
+    stamp_model::fixtures::observed(&format!("{app_name}-web-{worker}"), spec, state, port)
 }
 
 /// A table under `localhost`: each app with ready instances at `addrs`, in that order.

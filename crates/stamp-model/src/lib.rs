@@ -6,6 +6,8 @@
 //! pass `now` in as a [`time::Millis`].
 
 pub mod backoff;
+#[cfg(any(test, feature = "fixtures"))]
+pub mod fixtures;
 pub mod names;
 pub mod procfile;
 pub mod reconcile;

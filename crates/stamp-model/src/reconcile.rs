@@ -60,41 +60,10 @@ pub fn reconcile(desired: &[InstanceSpec], observed: &[ObservedInstance]) -> Vec
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::names::{AppName, Digest, PlanName, ProcessType, SlotName};
-    use crate::spec::WorkerId;
-    use crate::time::Millis;
-
-    fn spec(app: &str, worker: u32, release: u32) -> InstanceSpec {
-        InstanceSpec {
-            key: InstanceKey {
-                app: AppName::parse(app).unwrap(),
-                slot: SlotName::production(),
-                process_type: ProcessType::web(),
-                worker: WorkerId {
-                    plan: PlanName::parse("p").unwrap(),
-                    index: worker,
-                },
-            },
-            release,
-            generation: 0,
-            artifact: Digest::parse(&"0".repeat(64)).unwrap(),
-            command: "run".into(),
-            env: Default::default(),
-            grace_period: Millis::from_secs(30),
-            start_timeout: Millis::from_secs(230),
-        }
-    }
+    use crate::fixtures::spec;
 
     fn obs(id: &str, spec: InstanceSpec, state: InstanceState) -> ObservedInstance {
-        ObservedInstance {
-            id: InstanceId(id.into()),
-            spec,
-            state,
-            pid: Some(1),
-            port: 1,
-            started_at: Millis::ZERO,
-            restarts: 0,
-        }
+        crate::fixtures::observed(id, spec, state, 1)
     }
 
     fn show(actions: &[Action]) -> Vec<String> {

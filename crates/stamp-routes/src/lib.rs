@@ -204,12 +204,6 @@ fn app_label<'h>(host: &'h str, domain: &str) -> Option<Cow<'h, str>> {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
-    use stamp_model::{
-        Digest, InstanceKey, InstanceSpec, Millis, PlanName, ProcessType, SlotName, WorkerId,
-    };
-
     use super::*;
 
     fn app(name: &str) -> AppName {
@@ -225,32 +219,8 @@ mod tests {
         slot: &str,
         port: u16,
     ) -> ObservedInstance {
-        ObservedInstance {
-            id: InstanceId(id.to_string()),
-            spec: InstanceSpec {
-                key: InstanceKey {
-                    app: app(app_name),
-                    slot: SlotName::parse(slot).expect("valid slot"),
-                    process_type: ProcessType::parse(process_type).expect("valid type"),
-                    worker: WorkerId {
-                        plan: PlanName::parse("p").expect("valid plan"),
-                        index: worker,
-                    },
-                },
-                release: 1,
-                generation: 0,
-                artifact: Digest::parse(&"ab".repeat(32)).expect("valid digest"),
-                command: "run".to_string(),
-                env: BTreeMap::new(),
-                grace_period: Millis::from_secs(30),
-                start_timeout: Millis::from_secs(60),
-            },
-            state,
-            pid: Some(1),
-            port,
-            started_at: Millis::ZERO,
-            restarts: 0,
-        }
+        let spec = stamp_model::fixtures::spec_in(app_name, slot, process_type, worker, 1);
+        stamp_model::fixtures::observed(id, spec, state, port)
     }
 
     /// Builds a table for apps `hello` and `world` and checks each app's backends
