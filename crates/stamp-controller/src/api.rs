@@ -401,6 +401,7 @@ async fn create_app(
         plan,
         settings: Settings::default(),
         generation: 0,
+        site: stamp_model::SiteConfig::default(),
         created_at: c.now(),
     };
     c.store().create_app(&app)?;

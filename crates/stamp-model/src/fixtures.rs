@@ -32,6 +32,7 @@ pub fn spec_in(
         env: BTreeMap::new(),
         grace_period: Millis::from_secs(30),
         start_timeout: Millis::from_secs(60),
+        health_check: None,
     }
 }
 
@@ -50,5 +51,6 @@ pub fn observed(id: &str, spec: InstanceSpec, state: InstanceState, port: u16) -
         port,
         started_at: Millis::ZERO,
         restarts: 0,
+        healthy: true,
     }
 }

@@ -13,14 +13,16 @@ pub mod procfile;
 pub mod reconcile;
 pub mod records;
 pub mod settings;
+pub mod site;
 pub mod sku;
 pub mod spec;
 pub mod time;
 
 pub use names::{AppName, Digest, InstanceId, NameError, PlanName, ProcessType, SlotName};
 pub use procfile::{Procfile, ProcfileError};
-pub use records::{App, Plan, Release};
+pub use records::{App, Certificate, Plan, Release};
 pub use settings::{SettingError, Settings};
+pub use site::{AccessAction, AccessRule, Balancing, HealthCheck, SiteConfig};
 pub use sku::{Sku, Tier};
 pub use spec::{InstanceKey, InstanceSpec, InstanceState, ObservedInstance, WorkerId};
 pub use time::{Millis, SystemClock, WallClock};

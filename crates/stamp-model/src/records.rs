@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use crate::names::{AppName, Digest, PlanName, SlotName};
 use crate::procfile::Procfile;
 use crate::settings::Settings;
+use crate::site::SiteConfig;
 use crate::time::Millis;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -24,6 +25,9 @@ pub struct App {
     pub settings: Settings,
     /// Bumped by a restart so every instance is replaced (rolling) without a new release.
     pub generation: u64,
+    /// Front-end configuration: HTTPS only, affinity, balancing, health check, access rules,
+    /// custom domains.
+    pub site: SiteConfig,
     pub created_at: Millis,
 }
 
@@ -40,5 +44,20 @@ pub struct Release {
     pub settings: Settings,
     /// What changed, e.g. `Deploy 3f9a1c2b7d10` or `Set GREETING`.
     pub description: String,
+    pub created_at: Millis,
+}
+
+/// A TLS certificate uploaded for an app, served by SNI for the hostnames it covers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Certificate {
+    pub app: AppName,
+    /// Hex sha256 of the leaf certificate (DER), as Azure names certificates by thumbprint.
+    pub thumbprint: String,
+    /// DNS names from the certificate's subject alternative names (may include wildcards).
+    pub hostnames: Vec<String>,
+    /// Expiry, Unix milliseconds.
+    pub not_after: Millis,
+    pub cert_pem: String,
+    pub key_pem: String,
     pub created_at: Millis,
 }

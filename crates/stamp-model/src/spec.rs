@@ -7,6 +7,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::names::{AppName, Digest, InstanceId, PlanName, ProcessType, SlotName};
+use crate::site::HealthCheck;
 use crate::time::Millis;
 
 /// One worker of a plan: a slice of a node of the plan's SKU size. A plan with N workers has
@@ -49,6 +50,9 @@ pub struct InstanceSpec {
     pub grace_period: Millis,
     /// Milliseconds to wait for `$PORT` to accept connections before the start counts as a crash.
     pub start_timeout: Millis,
+    /// The app's health check, probed by the worker agent. Part of the spec, so changing it
+    /// replaces the instances (rolling), as changing it restarts the app in Azure.
+    pub health_check: Option<HealthCheck>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,4 +100,8 @@ pub struct ObservedInstance {
     pub started_at: Millis,
     /// How many times the process has been restarted after a crash.
     pub restarts: u32,
+    /// False once the health check failed `unhealthy_after` times in a row; true again after
+    /// one success. Always true without a health check. The routing table decides how many
+    /// unhealthy instances actually leave rotation.
+    pub healthy: bool,
 }

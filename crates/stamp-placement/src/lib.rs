@@ -52,6 +52,7 @@ pub fn desired_instances(plans: &[Plan], apps: &[AppState<'_>]) -> Vec<InstanceS
                 env: release.settings.0.clone(),
                 grace_period: release.settings.grace_period(),
                 start_timeout: DEFAULT_START_TIMEOUT,
+                health_check: state.app.site.health_check.clone(),
             });
         }
     }
@@ -79,6 +80,7 @@ mod tests {
             plan: PlanName::parse(plan).unwrap(),
             settings: Settings::default(),
             generation: 7,
+            site: Default::default(),
             created_at: Millis::ZERO,
         }
     }

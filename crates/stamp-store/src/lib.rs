@@ -1,6 +1,10 @@
 //! The only crate with SQL. Keeps Stamp's desired state: plans, apps (with their current
 //! settings and restart generation), releases, and API token hashes.
 //!
+//! Custom domains live in their own table (a domain belongs to one app at most, enforced by its
+//! primary key); [`App::site`]'s `domains` is filled from it on read and never stored in the
+//! `site` JSON.
+//!
 //! What is persisted is exactly what a user asked for; everything observed (instances, ports,
 //! routes) is rebuilt from it at startup through the normal reconcile path. SQLite runs in WAL
 //! mode with `synchronous = FULL`, so a call that returned has reached the disk: an API request
@@ -14,7 +18,8 @@ use std::sync::Mutex;
 
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use stamp_model::{
-    App, AppName, Digest, Millis, Plan, PlanName, Procfile, Release, Settings, SlotName,
+    App, AppName, Certificate, Digest, Millis, Plan, PlanName, Procfile, Release, Settings,
+    SiteConfig, SlotName,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -32,7 +37,8 @@ pub enum StoreError {
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE plans (
     name        TEXT PRIMARY KEY,
     sku         TEXT NOT NULL,
@@ -62,7 +68,28 @@ CREATE TABLE tokens (
     role        TEXT NOT NULL,
     created_at  INTEGER NOT NULL
 );
-"#];
+"#,
+    r#"
+-- Front-end configuration of each app (JSON of stamp_model::SiteConfig).
+ALTER TABLE apps ADD COLUMN site TEXT NOT NULL DEFAULT '{}';
+-- Custom domains: a domain belongs to one app at most.
+CREATE TABLE domains (
+    domain      TEXT PRIMARY KEY,
+    app         TEXT NOT NULL REFERENCES apps(name) ON DELETE CASCADE
+);
+-- Uploaded TLS certificates (PEM), per app.
+CREATE TABLE certificates (
+    app         TEXT NOT NULL REFERENCES apps(name) ON DELETE CASCADE,
+    thumbprint  TEXT NOT NULL,
+    hostnames   TEXT NOT NULL,
+    not_after   INTEGER NOT NULL,
+    cert_pem    TEXT NOT NULL,
+    key_pem     TEXT NOT NULL,
+    created_at  INTEGER NOT NULL,
+    PRIMARY KEY (app, thumbprint)
+);
+"#,
+];
 
 pub struct Store {
     conn: Mutex<Connection>,
@@ -79,6 +106,13 @@ pub struct NewRelease {
 
 fn corrupt(e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(e.to_string())
+}
+
+/// The `site` column: the config without its domains (they have their own table).
+fn site_json(site: &SiteConfig) -> Result<String> {
+    let mut stored = site.clone();
+    stored.domains.clear();
+    serde_json::to_string(&stored).map_err(corrupt)
 }
 
 fn is_unique_violation(e: &rusqlite::Error) -> bool {
@@ -236,9 +270,10 @@ impl Store {
     pub fn create_app(&self, app: &App) -> Result<()> {
         self.with(|c| {
             let settings = serde_json::to_string(&app.settings).map_err(corrupt)?;
+            let site = site_json(&app.site)?;
             c.execute(
-                "INSERT INTO apps (name, plan, settings, generation, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![app.name.as_str(), app.plan.as_str(), settings, app.generation, app.created_at.0],
+                "INSERT INTO apps (name, plan, settings, generation, created_at, site) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![app.name.as_str(), app.plan.as_str(), settings, app.generation, app.created_at.0, site],
             )
             .map_err(|e| {
                 if is_unique_violation(&e) {
@@ -254,7 +289,7 @@ impl Store {
     pub fn apps(&self) -> Result<Vec<App>> {
         self.with(|c| {
             let mut stmt = c.prepare(
-                "SELECT name, plan, settings, generation, created_at FROM apps ORDER BY name",
+                "SELECT name, plan, settings, generation, created_at, site FROM apps ORDER BY name",
             )?;
             let rows = stmt.query_map([], |r| {
                 Ok((
@@ -263,19 +298,32 @@ impl Store {
                     r.get::<_, String>(2)?,
                     r.get(3)?,
                     r.get(4)?,
+                    r.get::<_, String>(5)?,
                 ))
             })?;
-            rows.map(|row| {
-                let (name, plan, settings, generation, created_at) = row?;
-                Ok(App {
-                    name: AppName::parse(&name).map_err(corrupt)?,
-                    plan: PlanName::parse(&plan).map_err(corrupt)?,
-                    settings: serde_json::from_str(&settings).map_err(corrupt)?,
-                    generation,
-                    created_at: Millis(created_at),
+            let mut apps = rows
+                .map(|row| {
+                    let (name, plan, settings, generation, created_at, site) = row?;
+                    Ok(App {
+                        name: AppName::parse(&name).map_err(corrupt)?,
+                        plan: PlanName::parse(&plan).map_err(corrupt)?,
+                        settings: serde_json::from_str(&settings).map_err(corrupt)?,
+                        generation,
+                        site: serde_json::from_str(&site).map_err(corrupt)?,
+                        created_at: Millis(created_at),
+                    })
                 })
-            })
-            .collect()
+                .collect::<Result<Vec<App>>>()?;
+            let mut stmt = c.prepare("SELECT domain, app FROM domains ORDER BY domain")?;
+            let domains =
+                stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+            for row in domains {
+                let (domain, app) = row?;
+                if let Some(a) = apps.iter_mut().find(|a| a.name.as_str() == app) {
+                    a.site.domains.push(domain);
+                }
+            }
+            Ok(apps)
         })
     }
 
@@ -297,6 +345,141 @@ impl Store {
                 return Err(StoreError::NotFound {
                     kind: "app",
                     name: name.to_string(),
+                });
+            }
+            Ok(())
+        })
+    }
+
+    /// Replaces the app's front-end configuration (its `domains` are kept in their own table:
+    /// use [`Store::add_domain`]).
+    pub fn set_site(&self, name: &AppName, site: &SiteConfig) -> Result<()> {
+        self.with(|c| {
+            let n = c.execute(
+                "UPDATE apps SET site = ?2 WHERE name = ?1",
+                params![name.as_str(), site_json(site)?],
+            )?;
+            if n == 0 {
+                return Err(StoreError::NotFound {
+                    kind: "app",
+                    name: name.to_string(),
+                });
+            }
+            Ok(())
+        })
+    }
+
+    /// Binds a custom domain to an app; a domain bound to any app is a conflict.
+    pub fn add_domain(&self, app: &AppName, domain: &str) -> Result<()> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO domains (domain, app) VALUES (?1, ?2)",
+                params![domain, app.as_str()],
+            )
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    StoreError::Conflict {
+                        kind: "domain",
+                        name: domain.to_string(),
+                    }
+                } else {
+                    e.into()
+                }
+            })?;
+            Ok(())
+        })
+    }
+
+    pub fn remove_domain(&self, app: &AppName, domain: &str) -> Result<()> {
+        self.with(|c| {
+            let n = c.execute(
+                "DELETE FROM domains WHERE domain = ?1 AND app = ?2",
+                params![domain, app.as_str()],
+            )?;
+            if n == 0 {
+                return Err(StoreError::NotFound {
+                    kind: "domain",
+                    name: format!("{domain} on app {app}"),
+                });
+            }
+            Ok(())
+        })
+    }
+
+    /// Stores a certificate; the same certificate twice for one app is a conflict.
+    pub fn add_certificate(&self, cert: &Certificate) -> Result<()> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO certificates (app, thumbprint, hostnames, not_after, cert_pem, key_pem, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    cert.app.as_str(),
+                    cert.thumbprint,
+                    serde_json::to_string(&cert.hostnames).map_err(corrupt)?,
+                    cert.not_after.0,
+                    cert.cert_pem,
+                    cert.key_pem,
+                    cert.created_at.0
+                ],
+            )
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    StoreError::Conflict {
+                        kind: "certificate",
+                        name: cert.thumbprint.clone(),
+                    }
+                } else {
+                    e.into()
+                }
+            })?;
+            Ok(())
+        })
+    }
+
+    /// Every app's certificates, by app then upload time.
+    pub fn certificates(&self) -> Result<Vec<Certificate>> {
+        self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT app, thumbprint, hostnames, not_after, cert_pem, key_pem, created_at
+                 FROM certificates ORDER BY app, created_at",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, u64>(3)?,
+                    r.get::<_, String>(4)?,
+                    r.get::<_, String>(5)?,
+                    r.get::<_, u64>(6)?,
+                ))
+            })?;
+            rows.map(|row| {
+                let (app, thumbprint, hostnames, not_after, cert_pem, key_pem, created_at) = row?;
+                Ok(Certificate {
+                    app: AppName::parse(&app).map_err(corrupt)?,
+                    thumbprint,
+                    hostnames: serde_json::from_str(&hostnames).map_err(corrupt)?,
+                    not_after: Millis(not_after),
+                    cert_pem,
+                    key_pem,
+                    created_at: Millis(created_at),
+                })
+            })
+            .collect()
+        })
+    }
+
+    pub fn remove_certificate(&self, app: &AppName, thumbprint: &str) -> Result<()> {
+        self.with(|c| {
+            let n = c.execute(
+                "DELETE FROM certificates WHERE app = ?1 AND thumbprint = ?2",
+                params![app.as_str(), thumbprint],
+            )?;
+            if n == 0 {
+                return Err(StoreError::NotFound {
+                    kind: "certificate",
+                    name: format!("{thumbprint} on app {app}"),
                 });
             }
             Ok(())
@@ -486,6 +669,7 @@ mod tests {
             plan: PlanName::parse(plan).unwrap(),
             settings: Settings::default(),
             generation: 0,
+            site: SiteConfig::default(),
             created_at: Millis(6),
         }
     }
@@ -577,8 +761,62 @@ mod tests {
         assert!(s.current_releases().unwrap().is_empty());
         s.delete_plan(&PlanName::parse("p").unwrap()).unwrap();
         assert!(matches!(
+            s.set_site(&a, &SiteConfig::default()),
+            Err(StoreError::NotFound { .. })
+        ));
+        assert!(matches!(
             s.set_plan_workers(&PlanName::parse("p").unwrap(), 2),
             Err(StoreError::NotFound { .. })
         ));
+    }
+
+    #[test]
+    fn site_domains_and_certificates() {
+        let s = Store::in_memory().unwrap();
+        s.create_plan(&plan("p")).unwrap();
+        s.create_app(&app("a", "p")).unwrap();
+        s.create_app(&app("b", "p")).unwrap();
+        let a = AppName::parse("a").unwrap();
+        let b = AppName::parse("b").unwrap();
+        let mut site = SiteConfig {
+            https_only: true,
+            ..SiteConfig::default()
+        };
+        site.domains.push("ignored.example.com".into());
+        s.set_site(&a, &site).unwrap();
+        s.add_domain(&a, "www.example.com").unwrap();
+        assert!(matches!(
+            s.add_domain(&b, "www.example.com"),
+            Err(StoreError::Conflict { .. })
+        ));
+        let got = s.app(&a).unwrap();
+        assert!(got.site.https_only);
+        assert_eq!(got.site.domains, ["www.example.com"]);
+        s.remove_domain(&a, "www.example.com").unwrap();
+        assert!(s.app(&a).unwrap().site.domains.is_empty());
+        assert!(matches!(
+            s.remove_domain(&a, "www.example.com"),
+            Err(StoreError::NotFound { .. })
+        ));
+
+        let cert = Certificate {
+            app: a.clone(),
+            thumbprint: "ff".into(),
+            hostnames: vec!["www.example.com".into()],
+            not_after: Millis(9),
+            cert_pem: "C".into(),
+            key_pem: "K".into(),
+            created_at: Millis(1),
+        };
+        s.add_certificate(&cert).unwrap();
+        assert!(matches!(
+            s.add_certificate(&cert),
+            Err(StoreError::Conflict { .. })
+        ));
+        assert_eq!(s.certificates().unwrap(), vec![cert]);
+        s.add_domain(&a, "x.example.com").unwrap();
+        s.delete_app(&a).unwrap();
+        assert!(s.certificates().unwrap().is_empty(), "deleted with the app");
+        s.add_domain(&b, "x.example.com").unwrap();
     }
 }

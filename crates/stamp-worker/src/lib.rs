@@ -301,6 +301,7 @@ impl AgentTask {
             port,
             started_at: self.context.clock.now(),
             restarts: 0,
+            healthy: true,
         };
         let (stop, stop_rx) = watch::channel(StopRequest::Run);
         let supervisor = Supervisor::new(

@@ -124,6 +124,7 @@ impl Rig {
             ]),
             grace_period: Millis::from_secs(30),
             start_timeout: Millis::from_secs(30),
+            health_check: None,
         }
     }
 
