@@ -11,6 +11,7 @@
 //! [`FrontendError`]s: small HTML pages with an `X-Stamp-Error` code.
 
 mod body;
+mod conn;
 mod error;
 mod proxy;
 mod server;

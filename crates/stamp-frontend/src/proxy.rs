@@ -28,6 +28,7 @@ use stamp_routes::{AppRoute, Backend, Lookup, RouteTable};
 
 use crate::FrontendConfig;
 use crate::body::{InFlight, RequestBody, ResponseBody};
+use crate::conn::ConnInfo;
 use crate::error::{FrontendError, PageContext, error_response};
 
 pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -160,8 +161,9 @@ impl Inner {
     pub(crate) async fn handle(
         &self,
         request: Request<Incoming>,
-        client_ip: IpAddr,
+        conn: &ConnInfo,
     ) -> Response<ResponseBody> {
+        let client_ip = conn.peer_ip();
         let request_id = match request.headers().get(&X_REQUEST_ID) {
             Some(id) if is_valid_request_id(id) => id.clone(),
             _ => new_request_id(),

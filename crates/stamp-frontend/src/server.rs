@@ -4,7 +4,7 @@
 
 use std::convert::Infallible;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,6 +17,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::conn::ConnInfo;
 use crate::proxy::Inner;
 
 /// Pause after an accept error that is not about one connection (typically out of file
@@ -112,7 +113,7 @@ async fn serve_connection(
     if let Err(error) = stream.set_nodelay(true) {
         tracing::debug!(%peer, %error, "failed to set TCP_NODELAY");
     }
-    let client_ip: IpAddr = peer.ip().to_canonical();
+    let conn = Arc::new(ConnInfo::plain(peer));
     let header_read_timeout = inner.config.header_read_timeout;
     // hyper's header read timeout starts once HTTP/1 is detected; until then (and for an HTTP/2
     // connection that never sends a request) nothing bounds a silent client, so the connection
@@ -123,7 +124,8 @@ async fn serve_connection(
         service_fn(move |request| {
             seen_request.store(true, Ordering::Relaxed);
             let inner = Arc::clone(&inner);
-            async move { Ok::<_, Infallible>(inner.handle(request, client_ip).await) }
+            let conn = Arc::clone(&conn);
+            async move { Ok::<_, Infallible>(inner.handle(request, &conn).await) }
         })
     };
     let mut connection = pin!(builder.serve_connection(TokioIo::new(stream), service));
