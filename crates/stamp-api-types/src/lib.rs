@@ -109,6 +109,76 @@ pub struct AppView {
     /// The production slot's current release, if any.
     pub release: Option<u32>,
     pub instances: InstanceCounts,
+    pub site: SiteView,
+    pub created_at: u64,
+}
+
+/// An app's front-end configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SiteView {
+    pub https_only: bool,
+    pub client_affinity: bool,
+    /// `round-robin` or `least-requests`.
+    pub balancing: String,
+    pub request_timeout_secs: u64,
+    pub health_check: Option<HealthCheckView>,
+    pub domains: Vec<String>,
+    pub access_rules: Vec<AccessRuleView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HealthCheckView {
+    pub path: String,
+    pub interval_secs: u64,
+    pub unhealthy_after: u32,
+    pub max_unhealthy_percent: u32,
+}
+
+/// `PATCH /apps/{app}`: only the fields present change.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct UpdateApp {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub https_only: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_affinity: Option<bool>,
+    /// `round-robin` or `least-requests`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub balancing: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_timeout_secs: Option<u64>,
+    /// The health check path; an empty string turns the health check off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check_path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check_interval_secs: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check_unhealthy_after: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check_max_unhealthy_percent: Option<u32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AccessRuleView {
+    pub name: String,
+    pub priority: u32,
+    /// `allow` or `deny`.
+    pub action: String,
+    /// CIDR, e.g. `10.0.0.0/8` or `2001:db8::/32`; a bare address means one host.
+    pub network: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UploadCertificate {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CertificateView {
+    pub thumbprint: String,
+    pub hostnames: Vec<String>,
+    /// Unix milliseconds.
+    pub not_after: u64,
     pub created_at: u64,
 }
 

@@ -147,6 +147,73 @@ impl Client {
         self.post("/apps", req).await
     }
 
+    pub async fn update_app(&self, name: &str, req: &wire::UpdateApp) -> Result<wire::AppView> {
+        self.json(self.http.patch(self.url(&format!("/apps/{name}"))).json(req))
+            .await
+    }
+
+    pub async fn domains(&self, app: &str) -> Result<Vec<String>> {
+        self.get(&format!("/apps/{app}/domains")).await
+    }
+
+    pub async fn add_domain(&self, app: &str, domain: &str) -> Result<Vec<String>> {
+        self.json(self.http.put(self.url(&format!("/apps/{app}/domains/{domain}"))))
+            .await
+    }
+
+    pub async fn remove_domain(&self, app: &str, domain: &str) -> Result<Vec<String>> {
+        self.json(
+            self.http
+                .delete(self.url(&format!("/apps/{app}/domains/{domain}"))),
+        )
+        .await
+    }
+
+    pub async fn certificates(&self, app: &str) -> Result<Vec<wire::CertificateView>> {
+        self.get(&format!("/apps/{app}/certificates")).await
+    }
+
+    pub async fn upload_certificate(
+        &self,
+        app: &str,
+        req: &wire::UploadCertificate,
+    ) -> Result<wire::CertificateView> {
+        self.post(&format!("/apps/{app}/certificates"), req).await
+    }
+
+    pub async fn remove_certificate(&self, app: &str, thumbprint: &str) -> Result<()> {
+        self.send(
+            self.http
+                .delete(self.url(&format!("/apps/{app}/certificates/{thumbprint}"))),
+        )
+        .await?;
+        Ok(())
+    }
+
+    pub async fn access_rules(&self, app: &str) -> Result<Vec<wire::AccessRuleView>> {
+        self.get(&format!("/apps/{app}/access-rules")).await
+    }
+
+    pub async fn add_access_rule(
+        &self,
+        app: &str,
+        rule: &wire::AccessRuleView,
+    ) -> Result<Vec<wire::AccessRuleView>> {
+        self.post(&format!("/apps/{app}/access-rules"), rule).await
+    }
+
+    pub async fn remove_access_rule(
+        &self,
+        app: &str,
+        name: &str,
+    ) -> Result<Vec<wire::AccessRuleView>> {
+        self.json(
+            self.http
+                .delete(self.url(&format!("/apps/{app}/access-rules/{name}"))),
+        )
+        .await
+    }
+
     pub async fn delete_app(&self, name: &str) -> Result<()> {
         self.send(self.http.delete(self.url(&format!("/apps/{name}"))))
             .await?;

@@ -15,9 +15,11 @@ use sha2::{Digest as _, Sha256};
 use stamp_api_types as wire;
 use stamp_artifact::UnpackLimits;
 use stamp_model::sku::{self, CATALOG};
+use stamp_model::site::{self, DEFAULT_HEALTH_INTERVAL, DEFAULT_MAX_UNHEALTHY_PERCENT, DEFAULT_UNHEALTHY_AFTER};
 use stamp_model::{
-    App, AppName, InstanceSpec, InstanceState, Millis, ObservedInstance, Plan, PlanName, Procfile,
-    ProcfileError, Release, Settings, Sku, SlotName,
+    AccessAction, AccessRule, App, AppName, Balancing, Certificate, HealthCheck, InstanceSpec, InstanceState,
+    Millis, ObservedInstance, Plan, PlanName, Procfile, ProcfileError, Release, Settings,
+    SiteConfig, Sku, SlotName,
 };
 use stamp_store::NewRelease;
 
@@ -34,7 +36,28 @@ pub fn router(c: Controller) -> Router {
         .route("/plans/{plan}", get(show_plan).delete(delete_plan))
         .route("/plans/{plan}/scale", post(scale_plan))
         .route("/apps", get(list_apps).post(create_app))
-        .route("/apps/{app}", get(show_app).delete(delete_app))
+        .route("/apps/{app}", get(show_app).patch(update_app).delete(delete_app))
+        .route("/apps/{app}/domains", get(list_domains))
+        .route(
+            "/apps/{app}/certificates",
+            get(list_certificates).post(upload_certificate),
+        )
+        .route(
+            "/apps/{app}/certificates/{thumbprint}",
+            axum::routing::delete(remove_certificate),
+        )
+        .route(
+            "/apps/{app}/domains/{domain}",
+            axum::routing::put(add_domain).delete(remove_domain),
+        )
+        .route(
+            "/apps/{app}/access-rules",
+            get(list_access_rules).post(add_access_rule),
+        )
+        .route(
+            "/apps/{app}/access-rules/{name}",
+            axum::routing::delete(remove_access_rule),
+        )
         .route("/apps/{app}/restart", post(restart_app))
         .route(
             "/apps/{app}/deploy",
@@ -47,10 +70,29 @@ pub fn router(c: Controller) -> Router {
             get(show_settings).patch(update_settings),
         )
         .route("/apps/{app}/logs", get(logs))
+        .method_not_allowed_fallback(|| async {
+            ApiError {
+                status: StatusCode::METHOD_NOT_ALLOWED,
+                code: wire::codes::INVALID,
+                message: "this route does not take that HTTP method".to_string(),
+            }
+        })
         .layer(middleware::from_fn_with_state(c.clone(), authenticate))
-        .with_state(c);
+        .with_state(c.clone());
     Router::new()
         .nest(wire::API_PREFIX, api)
+        // Prometheus scrapes without a token, like most exporters; the API listens on loopback
+        // by default.
+        .route(
+            "/metrics",
+            get(|State(c): State<Controller>| async move {
+                (
+                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                    c.render_metrics(),
+                )
+            })
+            .with_state(c),
+        )
         .fallback(|| async {
             ApiError::not_found("no such API route; the API lives under /api/v1")
         })
@@ -130,8 +172,10 @@ impl Controller {
         self.inner.node.observed().borrow().clone()
     }
 
+    /// After a commit: publish, never failing the request (see `sync_after_commit`).
     fn synced(&self) -> ApiResult<()> {
-        self.sync().map_err(ApiError::internal)
+        self.sync_after_commit();
+        Ok(())
     }
 
     fn app_view(
@@ -161,6 +205,7 @@ impl Controller {
                 ready: ready as u32,
                 stale: stale as u32,
             },
+            site: site_view(&app.site),
             created_at: app.created_at.0,
         }
     }
@@ -180,13 +225,16 @@ impl Controller {
         })
     }
 
-    fn event_for_plan_apps(&self, plan: &PlanName, text: &str) -> ApiResult<()> {
-        for app in self.store().apps()? {
-            if &app.plan == plan {
-                self.inner.logs.event(&app.name, text);
+    /// Logs an event to every app of the plan; after a commit, so it never fails the request.
+    fn event_for_plan_apps(&self, plan: &PlanName, text: &str) {
+        match self.store().apps() {
+            Ok(apps) => {
+                for app in apps.iter().filter(|a| &a.plan == plan) {
+                    self.inner.logs.event(&app.name, text);
+                }
             }
+            Err(e) => tracing::warn!("failed to log a scale event: {e:#}"),
         }
-        Ok(())
     }
 }
 
@@ -200,6 +248,43 @@ fn sku_view(s: &Sku) -> wire::SkuView {
         slots_per_app: s.slots_per_app,
         outbound_connections: s.outbound_connections,
         autoscale: s.autoscale,
+    }
+}
+
+fn site_view(s: &SiteConfig) -> wire::SiteView {
+    wire::SiteView {
+        https_only: s.https_only,
+        client_affinity: s.client_affinity,
+        balancing: balancing_name(s.balancing).to_string(),
+        request_timeout_secs: s.request_timeout.0 / 1000,
+        health_check: s.health_check.as_ref().map(|h| wire::HealthCheckView {
+            path: h.path.clone(),
+            interval_secs: h.interval.0 / 1000,
+            unhealthy_after: h.unhealthy_after,
+            max_unhealthy_percent: h.max_unhealthy_percent,
+        }),
+        domains: s.domains.clone(),
+        access_rules: s.access_rules.iter().map(access_rule_view).collect(),
+    }
+}
+
+fn balancing_name(b: Balancing) -> &'static str {
+    match b {
+        Balancing::RoundRobin => "round-robin",
+        Balancing::LeastRequests => "least-requests",
+    }
+}
+
+fn access_rule_view(r: &AccessRule) -> wire::AccessRuleView {
+    wire::AccessRuleView {
+        name: r.name.clone(),
+        priority: r.priority,
+        action: match r.action {
+            AccessAction::Allow => "allow",
+            AccessAction::Deny => "deny",
+        }
+        .to_string(),
+        network: r.network.to_string(),
     }
 }
 
@@ -334,7 +419,7 @@ async fn scale_plan(
                 "scale: plan {name} from {before} to {} workers",
                 req.workers
             ),
-        )?;
+        );
         c.synced()?;
     }
     Ok(Json(c.plan_view(&plan, &c.store().apps()?)?))
@@ -391,10 +476,11 @@ async fn create_app(
     let name = app_name(&req.name)?;
     let plan = plan_name(&req.plan)?;
     let _w = c.inner.writer.lock().await;
-    c.store().plan(&plan).map_err(|_| {
-        ApiError::not_found(format!(
+    c.store().plan(&plan).map_err(|e| match e {
+        stamp_store::StoreError::NotFound { .. } => ApiError::not_found(format!(
             "no plan named {plan}; create it first with `stamp plan create {plan} --sku B1`"
-        ))
+        )),
+        e => e.into(),
     })?;
     let app = App {
         name,
@@ -447,6 +533,381 @@ async fn restart_app(
     )))
 }
 
+// ---- front-end configuration: site, domains, access rules
+
+/// Applies a partial update to a site config; the result is validated as a whole.
+fn apply_update(mut site: SiteConfig, u: &wire::UpdateApp) -> ApiResult<SiteConfig> {
+    if let Some(v) = u.https_only {
+        site.https_only = v;
+    }
+    if let Some(v) = u.client_affinity {
+        site.client_affinity = v;
+    }
+    if let Some(b) = &u.balancing {
+        site.balancing = match b.as_str() {
+            "round-robin" => Balancing::RoundRobin,
+            "least-requests" => Balancing::LeastRequests,
+            other => {
+                return Err(ApiError::invalid(format!(
+                    "unknown balancing {other:?}; use round-robin or least-requests"
+                )));
+            }
+        };
+    }
+    if let Some(secs) = u.request_timeout_secs {
+        site.request_timeout = Millis(secs.saturating_mul(1000));
+    }
+    let health_fields = u.health_check_interval_secs.is_some()
+        || u.health_check_unhealthy_after.is_some()
+        || u.health_check_max_unhealthy_percent.is_some();
+    match u.health_check_path.as_deref() {
+        Some("") => {
+            if health_fields {
+                return Err(ApiError::invalid(
+                    "an empty health check path turns the health check off; leave out its other settings",
+                ));
+            }
+            site.health_check = None;
+        }
+        Some(path) => {
+            let h = site.health_check.get_or_insert(HealthCheck {
+                path: String::new(),
+                interval: DEFAULT_HEALTH_INTERVAL,
+                unhealthy_after: DEFAULT_UNHEALTHY_AFTER,
+                max_unhealthy_percent: DEFAULT_MAX_UNHEALTHY_PERCENT,
+            });
+            h.path = path.to_string();
+        }
+        None if health_fields && site.health_check.is_none() => {
+            return Err(ApiError::invalid(
+                "set a health check path first (--health-path /healthz)",
+            ));
+        }
+        None => {}
+    }
+    if let Some(h) = site.health_check.as_mut() {
+        if let Some(secs) = u.health_check_interval_secs {
+            h.interval = Millis(secs.saturating_mul(1000));
+        }
+        if let Some(n) = u.health_check_unhealthy_after {
+            h.unhealthy_after = n;
+        }
+        if let Some(p) = u.health_check_max_unhealthy_percent {
+            h.max_unhealthy_percent = p;
+        }
+    }
+    site.validate().map_err(ApiError::invalid)?;
+    Ok(site)
+}
+
+/// Loads the app, lets `change` edit its site config, validates, stores and syncs; logs
+/// `event` to the app's stream. Returns the app as it is now.
+async fn change_site(
+    c: &Controller,
+    name: &AppName,
+    event: &str,
+    change: impl FnOnce(SiteConfig) -> ApiResult<SiteConfig>,
+) -> ApiResult<App> {
+    let _w = c.inner.writer.lock().await;
+    let mut app = c.store().app(name)?;
+    let site = change(app.site.clone())?;
+    site.validate().map_err(ApiError::invalid)?;
+    if site != app.site {
+        c.store().set_site(name, &site)?;
+        c.inner.logs.event(name, event);
+        app.site = site;
+        c.synced()?;
+    }
+    Ok(app)
+}
+
+async fn update_app(
+    State(c): State<Controller>,
+    Path(name): Path<String>,
+    JsonBody(req): JsonBody<wire::UpdateApp>,
+) -> ApiResult<Json<wire::AppView>> {
+    let name = app_name(&name)?;
+    let event = format!("config: front end updated: {}", describe_update(&req));
+    let app = change_site(&c, &name, &event, |site| apply_update(site, &req)).await?;
+    let release = c.store().current_release(&name, &SlotName::production())?;
+    Ok(Json(c.app_view(&app, release.as_ref(), &c.desired(), &c.observed())))
+}
+
+/// `https_only=true, balancing="least-requests"`: the fields the update sets.
+fn describe_update(u: &wire::UpdateApp) -> String {
+    match serde_json::to_value(u) {
+        Ok(serde_json::Value::Object(fields)) => fields
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        _ => String::new(),
+    }
+}
+
+async fn list_domains(
+    State(c): State<Controller>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Vec<String>>> {
+    let app = c.store().app(&app_name(&name)?)?;
+    Ok(Json(app.site.domains))
+}
+
+fn domain_name(domain: &str) -> ApiResult<String> {
+    let d = domain.trim_end_matches('.').to_ascii_lowercase();
+    site::check_domain(&d).map_err(ApiError::invalid)?;
+    Ok(d)
+}
+
+async fn add_domain(
+    State(c): State<Controller>,
+    Path((name, domain)): Path<(String, String)>,
+) -> ApiResult<Json<Vec<String>>> {
+    let name = app_name(&name)?;
+    let domain = domain_name(&domain)?;
+    let suffix = format!(".{}", c.inner.config.domain);
+    if domain == c.inner.config.domain || domain.ends_with(&suffix) {
+        return Err(ApiError::invalid(format!(
+            "{domain} is under the stamp's own domain {}; apps get <app>.{} already",
+            c.inner.config.domain, c.inner.config.domain
+        )));
+    }
+    let _w = c.inner.writer.lock().await;
+    let app = c.store().app(&name)?;
+    if app.site.domains.contains(&domain) {
+        return Ok(Json(app.site.domains));
+    }
+    if app.site.domains.len() >= site::MAX_DOMAINS {
+        return Err(ApiError::limit(format!(
+            "an app has at most {} custom domains",
+            site::MAX_DOMAINS
+        )));
+    }
+    c.store().add_domain(&name, &domain).map_err(|e| match e {
+        stamp_store::StoreError::Conflict { .. } => ApiError {
+            status: StatusCode::CONFLICT,
+            code: wire::codes::CONFLICT,
+            message: format!(
+                "{domain} already belongs to another app; remove it there first (stamp domain remove <app> {domain})"
+            ),
+        },
+        e => e.into(),
+    })?;
+    c.inner
+        .logs
+        .event(&name, &format!("domain: {domain} added"));
+    c.synced()?;
+    Ok(Json(c.store().app(&name)?.site.domains))
+}
+
+async fn remove_domain(
+    State(c): State<Controller>,
+    Path((name, domain)): Path<(String, String)>,
+) -> ApiResult<Json<Vec<String>>> {
+    let name = app_name(&name)?;
+    let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+    let _w = c.inner.writer.lock().await;
+    c.store().remove_domain(&name, &domain)?;
+    c.inner
+        .logs
+        .event(&name, &format!("domain: {domain} removed"));
+    c.synced()?;
+    Ok(Json(c.store().app(&name)?.site.domains))
+}
+
+async fn list_access_rules(
+    State(c): State<Controller>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Vec<wire::AccessRuleView>>> {
+    let app = c.store().app(&app_name(&name)?)?;
+    Ok(Json(app.site.access_rules.iter().map(access_rule_view).collect()))
+}
+
+/// Parses `10.0.0.0/8`, `2001:db8::/32`, or a bare address (one host).
+fn network(s: &str) -> ApiResult<ipnet::IpNet> {
+    s.parse::<ipnet::IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map(|n| n.trunc())
+        .map_err(|_| {
+            ApiError::invalid(format!(
+                "{s:?} is not an IP network; use CIDR notation such as 10.0.0.0/8 or 2001:db8::/32"
+            ))
+        })
+}
+
+async fn add_access_rule(
+    State(c): State<Controller>,
+    Path(name): Path<String>,
+    JsonBody(req): JsonBody<wire::AccessRuleView>,
+) -> ApiResult<(StatusCode, Json<Vec<wire::AccessRuleView>>)> {
+    let name = app_name(&name)?;
+    let action = match req.action.as_str() {
+        "allow" => AccessAction::Allow,
+        "deny" => AccessAction::Deny,
+        other => {
+            return Err(ApiError::invalid(format!(
+                "unknown action {other:?}; use allow or deny"
+            )));
+        }
+    };
+    site::check_rule_name(&req.name).map_err(ApiError::invalid)?;
+    if req.priority == 0 {
+        return Err(ApiError::invalid(
+            "priority must be at least 1 (lower numbers are checked first)",
+        ));
+    }
+    let rule = AccessRule {
+        name: req.name.clone(),
+        priority: req.priority,
+        action,
+        network: network(&req.network)?,
+    };
+    let event = format!(
+        "access: rule {} added ({} {} at priority {})",
+        rule.name, req.action, rule.network, rule.priority
+    );
+    let app = change_site(&c, &name, &event, |mut site| {
+        if site.access_rules.iter().any(|r| r.name == rule.name) {
+            return Err(ApiError {
+                status: StatusCode::CONFLICT,
+                code: wire::codes::CONFLICT,
+                message: format!(
+                    "access rule {} already exists; remove it first or choose another --name",
+                    rule.name
+                ),
+            });
+        }
+        site.access_rules.push(rule);
+        site.sort_rules();
+        Ok(site)
+    })
+    .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(app.site.access_rules.iter().map(access_rule_view).collect()),
+    ))
+}
+
+async fn remove_access_rule(
+    State(c): State<Controller>,
+    Path((name, rule)): Path<(String, String)>,
+) -> ApiResult<Json<Vec<wire::AccessRuleView>>> {
+    let name = app_name(&name)?;
+    let event = format!("access: rule {rule} removed");
+    let app = change_site(&c, &name, &event, |mut site| {
+        let before = site.access_rules.len();
+        site.access_rules.retain(|r| r.name != rule);
+        if site.access_rules.len() == before {
+            return Err(ApiError::not_found(format!(
+                "app {name} has no access rule named {rule}"
+            )));
+        }
+        Ok(site)
+    })
+    .await?;
+    Ok(Json(app.site.access_rules.iter().map(access_rule_view).collect()))
+}
+
+fn certificate_view(c: &Certificate) -> wire::CertificateView {
+    wire::CertificateView {
+        thumbprint: c.thumbprint.clone(),
+        hostnames: c.hostnames.clone(),
+        not_after: c.not_after.0,
+        created_at: c.created_at.0,
+    }
+}
+
+async fn list_certificates(
+    State(c): State<Controller>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Vec<wire::CertificateView>>> {
+    let name = app_name(&name)?;
+    c.store().app(&name)?;
+    let certs = c.store().certificates()?;
+    Ok(Json(
+        certs
+            .iter()
+            .filter(|cert| cert.app == name)
+            .map(certificate_view)
+            .collect(),
+    ))
+}
+
+/// Largest PEM accepted for a certificate chain or a key.
+const MAX_PEM_BYTES: usize = 256 * 1024;
+
+async fn upload_certificate(
+    State(c): State<Controller>,
+    Path(name): Path<String>,
+    JsonBody(req): JsonBody<wire::UploadCertificate>,
+) -> ApiResult<(StatusCode, Json<wire::CertificateView>)> {
+    let name = app_name(&name)?;
+    if req.cert_pem.len() > MAX_PEM_BYTES || req.key_pem.len() > MAX_PEM_BYTES {
+        return Err(ApiError::invalid(
+            "a certificate chain or key over 256 KiB is not a PEM file Stamp expects",
+        ));
+    }
+    let summary = c
+        .inner
+        .frontend
+        .inspect_certificate(&req.cert_pem, &req.key_pem)
+        .map_err(ApiError::invalid)?;
+    let now = c.now();
+    if summary.not_after <= now {
+        return Err(ApiError::invalid(format!(
+            "the certificate expired at {} (Unix ms); upload a current one",
+            summary.not_after.0
+        )));
+    }
+    let _w = c.inner.writer.lock().await;
+    c.store().app(&name)?;
+    let cert = Certificate {
+        app: name.clone(),
+        thumbprint: summary.thumbprint,
+        hostnames: summary.hostnames,
+        not_after: summary.not_after,
+        cert_pem: req.cert_pem,
+        key_pem: req.key_pem,
+        created_at: now,
+    };
+    c.store().add_certificate(&cert).map_err(|e| match e {
+        stamp_store::StoreError::Conflict { .. } => ApiError {
+            status: StatusCode::CONFLICT,
+            code: wire::codes::CONFLICT,
+            message: format!(
+                "app {name} already has the certificate {}",
+                cert.thumbprint
+            ),
+        },
+        e => e.into(),
+    })?;
+    c.inner.logs.event(
+        &name,
+        &format!(
+            "certificate {} uploaded for {}",
+            &cert.thumbprint[..cert.thumbprint.len().min(16)],
+            cert.hostnames.join(", ")
+        ),
+    );
+    c.synced()?;
+    Ok((StatusCode::CREATED, Json(certificate_view(&cert))))
+}
+
+async fn remove_certificate(
+    State(c): State<Controller>,
+    Path((name, thumbprint)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    let name = app_name(&name)?;
+    let thumbprint = thumbprint.to_ascii_lowercase();
+    let _w = c.inner.writer.lock().await;
+    c.store().remove_certificate(&name, &thumbprint)?;
+    c.inner
+        .logs
+        .event(&name, &format!("certificate {thumbprint} removed"));
+    c.synced()?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 // ---- deploy and releases
 
 async fn deploy(
@@ -475,13 +936,7 @@ async fn deploy(
         let tmp = tempfile::tempdir_in(&tmp_dir).map_err(ApiError::internal)?;
         let root = tmp.path().join("app");
         stamp_artifact::unpack(&blob, &root, &UnpackLimits::default())?;
-        let bytes = match std::fs::read(root.join("Procfile")) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(ApiError::invalid(ProcfileError::Missing));
-            }
-            Err(e) => return Err(ApiError::invalid(format!("cannot read the Procfile: {e}"))),
-        };
+        let bytes = read_procfile(&root.join("Procfile"))?;
         Procfile::parse_bytes(&bytes).map_err(ApiError::invalid)
     })
     .await
@@ -489,8 +944,15 @@ async fn deploy(
     let procfile = match checked {
         Ok(p) => p,
         Err(e) => {
-            // An archive that fails the check was never used by a release: drop it.
-            let _ = std::fs::remove_file(c.inner.blobs.path(&digest));
+            // The archive is bad: drop the blob, unless a release uses the same bytes (a
+            // stricter check than when it was deployed) or the failure was ours, not the
+            // archive's.
+            if e.status.is_client_error() {
+                let _w = c.inner.writer.lock().await;
+                if !c.store().artifact_in_use(&digest)? {
+                    let _ = std::fs::remove_file(c.inner.blobs.path(&digest));
+                }
+            }
             return Err(e);
         }
     };
@@ -518,6 +980,30 @@ async fn deploy(
     );
     c.synced()?;
     Ok((StatusCode::CREATED, Json(release_view(&release))))
+}
+
+/// Largest Procfile read: a Procfile is a few lines; anything bigger is not one.
+const MAX_PROCFILE_BYTES: u64 = 64 * 1024;
+
+fn read_procfile(path: &std::path::Path) -> ApiResult<Vec<u8>> {
+    use std::io::Read as _;
+    let f = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(ApiError::invalid(ProcfileError::Missing));
+        }
+        Err(e) => return Err(ApiError::invalid(format!("cannot read the Procfile: {e}"))),
+    };
+    let mut bytes = Vec::new();
+    f.take(MAX_PROCFILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| ApiError::invalid(format!("cannot read the Procfile: {e}")))?;
+    if bytes.len() as u64 > MAX_PROCFILE_BYTES {
+        return Err(ApiError::invalid(
+            "the Procfile is over 64 KiB; it should hold one `type: command` line per process type",
+        ));
+    }
+    Ok(bytes)
 }
 
 async fn list_releases(
@@ -651,16 +1137,24 @@ fn log_line_json(l: &stamp_logs::LogLine) -> bytes::Bytes {
 async fn logs(
     State(c): State<Controller>,
     Path(name): Path<String>,
-    Query(q): Query<LogsQuery>,
+    q: Result<Query<LogsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Response> {
+    let Query(q) = q.map_err(|e| {
+        ApiError::invalid(format!(
+            "bad query: {}; use ?lines=<number>&tail=<true|false>",
+            e.body_text()
+        ))
+    })?;
     let name = app_name(&name)?;
     c.store().app(&name)?;
     let rx = c.inner.logs.subscribe(&name);
-    let past = c
-        .inner
-        .logs
-        .last(&name, q.lines.unwrap_or(100))
-        .map_err(ApiError::internal)?;
+    let past = {
+        let (logs, name, n) = (c.inner.logs.clone(), name.clone(), q.lines.unwrap_or(100));
+        tokio::task::spawn_blocking(move || logs.last(&name, n))
+            .await
+            .map_err(ApiError::internal)?
+            .map_err(ApiError::internal)?
+    };
     let last_seen = past.last().map(|l| (l.ts, l.text.clone()));
     let head = futures_util::stream::iter(
         past.iter()
@@ -685,7 +1179,12 @@ async fn logs(
                 }
             }
         });
-        Body::from_stream(head.chain(follow))
+        // Ends when the stamp stops, so a tail never holds up shutdown.
+        let mut stopping = c.inner.stopping.subscribe();
+        let stopped = async move {
+            let _ = stopping.wait_for(|s| *s).await;
+        };
+        Body::from_stream(head.chain(follow.take_until(stopped)))
     } else {
         Body::from_stream(head)
     };

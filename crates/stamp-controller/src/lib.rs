@@ -2,7 +2,7 @@
 //!
 //! It serves the REST API ([`api`]), checks bearer tokens, turns requests into desired state in
 //! the store, computes the desired instances with [`stamp_placement`] and hands them to the node
-//! ([`Node`]), and keeps the front end's routing table ([`RouteSink`]) in step with what the node
+//! ([`Node`]), and keeps the front end's routing table ([`FrontEnd`]) in step with what the node
 //! observes. Every change, and startup itself, goes through [`Controller::sync`]: read the
 //! store, place, publish. The controller never talks to instances; a running app keeps serving
 //! from the front end's last routing table if the controller stops.
@@ -16,7 +16,9 @@ use std::sync::{Arc, Mutex};
 use stamp_artifact::BlobStore;
 use stamp_logs::LogBook;
 use stamp_model::sku::{self, Capacity};
-use stamp_model::{AppName, InstanceSpec, ObservedInstance, Sku, WallClock};
+use stamp_model::{
+    AppName, Certificate, InstanceSpec, ObservedInstance, SiteConfig, Sku, WallClock,
+};
 use stamp_placement::AppState;
 use stamp_routes::RouteTable;
 use stamp_store::Store;
@@ -32,9 +34,28 @@ pub trait Node: Send + Sync + 'static {
     fn observed(&self) -> watch::Receiver<Vec<ObservedInstance>>;
 }
 
-/// Where routing tables go: the front end(s).
-pub trait RouteSink: Send + Sync + 'static {
+/// The front end(s): where routing tables and certificates go, and where request metrics come
+/// from.
+pub trait FrontEnd: Send + Sync + 'static {
     fn set_routes(&self, table: RouteTable);
+    /// Every app's uploaded certificates, replacing the previous set.
+    fn set_certificates(&self, certs: &[Certificate]);
+    /// Appends the front end's metrics in Prometheus text format.
+    fn render_metrics(&self, out: &mut String);
+    /// Checks that the front end can serve this certificate and key (PEM): the user-facing
+    /// problem if not.
+    fn inspect_certificate(&self, cert_pem: &str, key_pem: &str) -> Result<CertSummary, String>;
+}
+
+/// What the front end found in an uploaded certificate.
+#[derive(Debug, Clone)]
+pub struct CertSummary {
+    /// Hex sha256 of the leaf certificate.
+    pub thumbprint: String,
+    /// DNS names it covers, lowercase, wildcards as `*.example.com`.
+    pub hostnames: Vec<String>,
+    /// Expiry, Unix milliseconds.
+    pub not_after: stamp_model::Millis,
 }
 
 pub struct ControllerConfig {
@@ -62,13 +83,15 @@ struct Inner {
     logs: LogBook,
     clock: Arc<dyn WallClock>,
     node: Arc<dyn Node>,
-    routes: Arc<dyn RouteSink>,
+    frontend: Arc<dyn FrontEnd>,
     /// Serialises changes to desired state, so check-then-write (names, capacity) is atomic.
     writer: tokio::sync::Mutex<()>,
     /// The last desired set given to the node, for status views.
     desired: Mutex<Vec<InstanceSpec>>,
-    /// Apps that exist (hosts the front end knows), for the routing task.
-    apps: watch::Sender<Vec<AppName>>,
+    /// Apps that exist with their front-end configuration, for the routing task.
+    apps: watch::Sender<Vec<(AppName, SiteConfig)>>,
+    /// Set when the stamp stops: long-lived responses (log tails) end.
+    stopping: watch::Sender<bool>,
 }
 
 impl Controller {
@@ -79,7 +102,7 @@ impl Controller {
         logs: LogBook,
         clock: Arc<dyn WallClock>,
         node: Arc<dyn Node>,
-        routes: Arc<dyn RouteSink>,
+        frontend: Arc<dyn FrontEnd>,
     ) -> Controller {
         Controller {
             inner: Arc::new(Inner {
@@ -89,10 +112,11 @@ impl Controller {
                 logs,
                 clock,
                 node,
-                routes,
+                frontend,
                 writer: tokio::sync::Mutex::new(()),
                 desired: Mutex::new(Vec::new()),
                 apps: watch::channel(Vec::new()).0,
+                stopping: watch::channel(false).0,
             }),
         }
     }
@@ -119,11 +143,72 @@ impl Controller {
             .collect();
         let desired = stamp_placement::desired_instances(&plans, &states);
         *self.inner.desired.lock().unwrap_or_else(|p| p.into_inner()) = desired.clone();
-        self.inner
-            .apps
-            .send_replace(apps.iter().map(|a| a.name.clone()).collect());
+        self.inner.apps.send_replace(
+            apps.iter()
+                .map(|a| (a.name.clone(), a.site.clone()))
+                .collect(),
+        );
         self.inner.node.set_desired(desired);
+        self.inner
+            .frontend
+            .set_certificates(&store.certificates()?);
         Ok(())
+    }
+
+    /// Prometheus text: the controller's own gauges, then the front end's request metrics.
+    pub fn render_metrics(&self) -> String {
+        use std::fmt::Write as _;
+        let mut out = String::new();
+        let observed = self.inner.node.observed().borrow().clone();
+        let mut counts: std::collections::BTreeMap<(String, &'static str), u32> =
+            Default::default();
+        for o in &observed {
+            *counts
+                .entry((o.spec.key.app.to_string(), o.state.as_str()))
+                .or_default() += 1;
+        }
+        out.push_str("# HELP stamp_instances Instances on the node by app and state.\n");
+        out.push_str("# TYPE stamp_instances gauge\n");
+        for ((app, state), n) in &counts {
+            let _ = writeln!(out, "stamp_instances{{app=\"{app}\",state=\"{state}\"}} {n}");
+        }
+        if let Ok(plans) = self.inner.store.plans() {
+            out.push_str("# HELP stamp_plan_workers Workers of each plan.\n");
+            out.push_str("# TYPE stamp_plan_workers gauge\n");
+            for p in plans {
+                let _ = writeln!(
+                    out,
+                    "stamp_plan_workers{{plan=\"{}\",sku=\"{}\"}} {}",
+                    p.name, p.sku, p.workers
+                );
+            }
+        }
+        self.inner.frontend.render_metrics(&mut out);
+        out
+    }
+
+    /// Publishes desired state after a change was committed. A failure here must not turn an
+    /// acknowledged change into an error: it is logged and retried in the background until a
+    /// sync succeeds.
+    pub(crate) fn sync_after_commit(&self) {
+        if let Err(e) = self.sync() {
+            tracing::error!("failed to publish desired state (retrying): {e:#}");
+            let c = self.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    match c.sync() {
+                        Ok(()) => return,
+                        Err(e) => tracing::error!("failed to publish desired state (retrying): {e:#}"),
+                    }
+                }
+            });
+        }
+    }
+
+    /// Ends long-lived API responses (log tails) so the API server can stop.
+    pub fn begin_shutdown(&self) {
+        self.inner.stopping.send_replace(true);
     }
 
     /// Keeps the front end's routing table in step with the app list and the node's observed
@@ -137,7 +222,7 @@ impl Controller {
                 &apps.borrow_and_update(),
                 &observed.borrow_and_update(),
             );
-            self.inner.routes.set_routes(table);
+            self.inner.frontend.set_routes(table);
             tokio::select! {
                 r = observed.changed() => if r.is_err() { return },
                 r = apps.changed() => if r.is_err() { return },

@@ -5,7 +5,8 @@
 //! Rolling replacement falls out of one rule: an instance whose spec is no longer desired, but
 //! whose key still is, stops only once an instance with the desired spec is ready on that key.
 //! Until then the old one keeps serving, so a release that never becomes ready never takes the
-//! app down.
+//! app down. An outdated instance that is not ready (starting, crash-looping) serves nobody and
+//! stops at once.
 
 use std::collections::BTreeSet;
 
@@ -50,7 +51,10 @@ pub fn reconcile(desired: &[InstanceSpec], observed: &[ObservedInstance]) -> Vec
         });
         let orphan = !desired_keys.contains(&o.spec.key);
         let duplicate = desired.contains(&o.spec);
-        if orphan || replacement_ready || duplicate {
+        // An outdated instance is worth keeping only while it serves; one that is starting or
+        // crash-looping would otherwise pile up with every deploy that never becomes ready.
+        let outdated_idle = o.state != InstanceState::Ready;
+        if orphan || replacement_ready || duplicate || outdated_idle {
             actions.push(Action::Stop(o.id.clone()));
         }
     }

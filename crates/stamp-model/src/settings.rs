@@ -40,6 +40,8 @@ pub const MAX_GRACE_PERIOD_SECS: u64 = 3600;
 /// Variables Stamp sets on every instance; a user setting may not shadow them.
 pub const RESERVED: &[&str] = &[
     "PORT",
+    "HOME",
+    "TMPDIR",
     "WEBSITE_SITE_NAME",
     "WEBSITE_INSTANCE_ID",
     "WEBSITE_SLOT_NAME",

@@ -624,7 +624,30 @@ impl Store {
         })
     }
 
+    /// Whether any release of any app uses this artifact.
+    pub fn artifact_in_use(&self, digest: &Digest) -> Result<bool> {
+        self.with(|c| {
+            Ok(c.query_row(
+                "SELECT EXISTS (SELECT 1 FROM releases WHERE artifact = ?1)",
+                [digest.as_str()],
+                |r| r.get(0),
+            )?)
+        })
+    }
+
     // ---- tokens
+
+    /// Makes `sha256` the only token of `role` (a regenerated admin token revokes the old one).
+    pub fn replace_tokens(&self, role: &str, sha256: &str, created_at: Millis) -> Result<()> {
+        self.tx(|tx| {
+            tx.execute("DELETE FROM tokens WHERE role = ?1 AND sha256 != ?2", params![role, sha256])?;
+            tx.execute(
+                "INSERT OR IGNORE INTO tokens (sha256, role, created_at) VALUES (?1, ?2, ?3)",
+                params![sha256, role, created_at.0],
+            )?;
+            Ok(())
+        })
+    }
 
     /// Records an API token by the hex sha256 of its secret.
     pub fn add_token(&self, sha256: &str, role: &str, created_at: Millis) -> Result<()> {
@@ -732,6 +755,12 @@ mod tests {
         assert_eq!(s.releases(&hello, &prod).unwrap().len(), 2);
         assert_eq!(s.token_role("abc").unwrap().as_deref(), Some("owner"));
         assert_eq!(s.token_role("nope").unwrap(), None);
+        s.replace_tokens("owner", "def", Millis(2)).unwrap();
+        assert_eq!(s.token_role("abc").unwrap(), None, "revoked");
+        assert_eq!(s.token_role("def").unwrap().as_deref(), Some("owner"));
+        let digest = Digest::parse(&"b".repeat(64)).unwrap();
+        assert!(s.artifact_in_use(&digest).unwrap());
+        assert!(!s.artifact_in_use(&Digest::parse(&"c".repeat(64)).unwrap()).unwrap());
     }
 
     #[test]

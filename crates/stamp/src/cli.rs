@@ -61,12 +61,94 @@ pub enum AppCmd {
     Show { name: String },
     /// Delete an app and stop its instances.
     Delete { name: String },
+    /// Change an app's front-end configuration.
+    Update(UpdateAppArgs),
     /// Restart every instance of an app, rolling.
     Restart {
         name: String,
         #[arg(long)]
         no_wait: bool,
     },
+}
+
+#[derive(clap::Args)]
+pub struct UpdateAppArgs {
+    name: String,
+    /// Redirect HTTP to HTTPS (301).
+    #[arg(long)]
+    https_only: Option<bool>,
+    /// Pin each client to an instance with the ARRAffinity cookie (default on).
+    #[arg(long)]
+    client_affinity: Option<bool>,
+    /// round-robin (default) or least-requests (power of two choices).
+    #[arg(long)]
+    balancing: Option<String>,
+    /// Seconds the instance has to start its response (default 230, as Azure).
+    #[arg(long)]
+    request_timeout: Option<u64>,
+    /// Health check path, e.g. /healthz; "" turns the health check off. Changing it restarts
+    /// the app's instances (rolling), as in Azure.
+    #[arg(long)]
+    health_path: Option<String>,
+    /// Seconds between health checks of each instance (default 60).
+    #[arg(long)]
+    health_interval: Option<u64>,
+    /// Consecutive failures before an instance leaves rotation (2-10, default 10).
+    #[arg(long)]
+    health_threshold: Option<u32>,
+    /// Most instances (percent) the health check may take out of rotation (default 50).
+    #[arg(long)]
+    health_max_unhealthy_percent: Option<u32>,
+}
+
+#[derive(clap::Subcommand)]
+pub enum DomainCmd {
+    /// Route a custom domain (e.g. www.example.com or *.example.com) to the app.
+    Add { app: String, domain: String },
+    /// Stop routing a custom domain to the app.
+    Remove { app: String, domain: String },
+    /// List the app's custom domains.
+    List { app: String },
+}
+
+#[derive(clap::Subcommand)]
+pub enum CertCmd {
+    /// Upload a certificate chain and its private key (PEM); served for the names it covers.
+    Upload {
+        app: String,
+        #[arg(long)]
+        cert: PathBuf,
+        #[arg(long)]
+        key: PathBuf,
+    },
+    /// List the app's certificates.
+    List { app: String },
+    /// Remove a certificate by thumbprint.
+    Remove { app: String, thumbprint: String },
+}
+
+#[derive(clap::Subcommand)]
+pub enum AccessCmd {
+    /// Add a rule; lower priorities are checked first and the first match decides. Once any
+    /// rule exists, requests matching none are denied (403).
+    Add {
+        app: String,
+        #[arg(long)]
+        priority: u32,
+        /// Allow this network (CIDR or address).
+        #[arg(long, conflicts_with = "deny", required_unless_present = "deny")]
+        allow: Option<String>,
+        /// Deny this network (CIDR or address).
+        #[arg(long)]
+        deny: Option<String>,
+        /// The rule's name (default: <action>-<priority>).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Remove a rule by name.
+    Remove { app: String, name: String },
+    /// List the rules in evaluation order.
+    List { app: String },
 }
 
 #[derive(clap::Args)]
@@ -173,6 +255,32 @@ pub async fn run(global: &Global, command: Command) -> anyhow::Result<()> {
         Command::Plan(cmd) => plan(&c, out, cmd).await,
         Command::App(cmd) => app(&c, out, cmd).await,
         Command::Deploy(args) => deploy(&c, out, args).await,
+        Command::Domain(cmd) => {
+            let (app, list) = match cmd {
+                DomainCmd::Add { app, domain } => {
+                    let l = c.add_domain(&app, &domain).await?;
+                    (app, l)
+                }
+                DomainCmd::Remove { app, domain } => {
+                    let l = c.remove_domain(&app, &domain).await?;
+                    (app, l)
+                }
+                DomainCmd::List { app } => {
+                    let l = c.domains(&app).await?;
+                    (app, l)
+                }
+            };
+            output::show(out, &list, |list| {
+                if list.is_empty() {
+                    println!("{app} has no custom domains");
+                }
+                for d in list {
+                    println!("{d}");
+                }
+            })
+        }
+        Command::Access(cmd) => access(&c, out, cmd).await,
+        Command::Cert(cmd) => cert(&c, out, cmd).await,
         Command::Ps(a) => {
             let list = c.instances(&a.app).await?;
             output::show(out, &list, |list| {
@@ -372,7 +480,11 @@ async fn app(c: &Client, out: Output, cmd: AppCmd) -> anyhow::Result<()> {
         }
         AppCmd::Show { name } => {
             let a = c.app(&name).await?;
-            output::show(out, &a, |a| app_rows(std::slice::from_ref(a)))
+            output::show(out, &a, |a| {
+                app_rows(std::slice::from_ref(a));
+                println!();
+                site_rows(a);
+            })
         }
         AppCmd::Delete { name } => {
             c.delete_app(&name).await?;
@@ -380,6 +492,20 @@ async fn app(c: &Client, out: Output, cmd: AppCmd) -> anyhow::Result<()> {
                 println!("Deleted app {name}");
             }
             Ok(())
+        }
+        AppCmd::Update(u) => {
+            let req = wire::UpdateApp {
+                https_only: u.https_only,
+                client_affinity: u.client_affinity,
+                balancing: u.balancing,
+                request_timeout_secs: u.request_timeout,
+                health_check_path: u.health_path,
+                health_check_interval_secs: u.health_interval,
+                health_check_unhealthy_after: u.health_threshold,
+                health_check_max_unhealthy_percent: u.health_max_unhealthy_percent,
+            };
+            let a = c.update_app(&u.name, &req).await?;
+            output::show(out, &a, |a| site_rows(a))
         }
         AppCmd::Restart { name, no_wait } => {
             let a = c.restart_app(&name).await?;
@@ -389,6 +515,122 @@ async fn app(c: &Client, out: Output, cmd: AppCmd) -> anyhow::Result<()> {
             output::show(out, &a, |a| println!("Restarted {}", a.name))
         }
     }
+}
+
+fn site_rows(a: &wire::AppView) {
+    let s = &a.site;
+    let on = |b: bool| if b { "on" } else { "off" }.to_string();
+    let mut rows = vec![
+        vec!["https only".to_string(), on(s.https_only)],
+        vec!["client affinity".to_string(), on(s.client_affinity)],
+        vec!["balancing".to_string(), s.balancing.clone()],
+        vec![
+            "request timeout".to_string(),
+            format!("{} s", s.request_timeout_secs),
+        ],
+        vec![
+            "health check".to_string(),
+            s.health_check.as_ref().map_or("off".to_string(), |h| {
+                format!(
+                    "{} every {} s, unhealthy after {} failures, at most {}% removed",
+                    h.path, h.interval_secs, h.unhealthy_after, h.max_unhealthy_percent
+                )
+            }),
+        ],
+    ];
+    rows.push(vec![
+        "custom domains".to_string(),
+        if s.domains.is_empty() {
+            "-".to_string()
+        } else {
+            s.domains.join(", ")
+        },
+    ]);
+    rows.push(vec![
+        "access rules".to_string(),
+        s.access_rules.len().to_string(),
+    ]);
+    table(&["SETTING", "VALUE"], &rows);
+}
+
+async fn cert(c: &Client, out: Output, cmd: CertCmd) -> anyhow::Result<()> {
+    let read = |p: &Path| {
+        std::fs::read_to_string(p).with_context(|| format!("read {}", p.display()))
+    };
+    let list = match cmd {
+        CertCmd::Upload { app, cert, key } => {
+            let req = wire::UploadCertificate {
+                cert_pem: read(&cert)?,
+                key_pem: read(&key)?,
+            };
+            vec![c.upload_certificate(&app, &req).await?]
+        }
+        CertCmd::List { app } => c.certificates(&app).await?,
+        CertCmd::Remove { app, thumbprint } => {
+            c.remove_certificate(&app, &thumbprint).await?;
+            if out == Output::Table {
+                println!("Removed certificate {thumbprint}");
+            }
+            return Ok(());
+        }
+    };
+    output::show(out, &list, |list| {
+        let rows: Vec<Vec<String>> = list
+            .iter()
+            .map(|c| {
+                vec![
+                    c.thumbprint.clone(),
+                    c.hostnames.join(","),
+                    timestamp(c.not_after),
+                ]
+            })
+            .collect();
+        table(&["THUMBPRINT", "HOSTNAMES", "EXPIRES"], &rows);
+    })
+}
+
+async fn access(c: &Client, out: Output, cmd: AccessCmd) -> anyhow::Result<()> {
+    let rules = match cmd {
+        AccessCmd::Add {
+            app,
+            priority,
+            allow,
+            deny,
+            name,
+        } => {
+            let (action, network) = match (allow, deny) {
+                (Some(n), None) => ("allow", n),
+                (None, Some(n)) => ("deny", n),
+                _ => bail!("give exactly one of --allow CIDR or --deny CIDR"),
+            };
+            let rule = wire::AccessRuleView {
+                name: name.unwrap_or_else(|| format!("{action}-{priority}")),
+                priority,
+                action: action.to_string(),
+                network,
+            };
+            c.add_access_rule(&app, &rule).await?
+        }
+        AccessCmd::Remove { app, name } => c.remove_access_rule(&app, &name).await?,
+        AccessCmd::List { app } => c.access_rules(&app).await?,
+    };
+    output::show(out, &rules, |rules| {
+        let rows: Vec<Vec<String>> = rules
+            .iter()
+            .map(|r| {
+                vec![
+                    r.priority.to_string(),
+                    r.name.clone(),
+                    r.action.clone(),
+                    r.network.clone(),
+                ]
+            })
+            .collect();
+        table(&["PRIORITY", "NAME", "ACTION", "NETWORK"], &rows);
+        if !rules.is_empty() {
+            println!("(requests matching no rule are denied)");
+        }
+    })
 }
 
 async fn config(c: &Client, out: Output, cmd: ConfigCmd) -> anyhow::Result<()> {

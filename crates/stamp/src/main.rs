@@ -69,6 +69,15 @@ enum Command {
     /// Apps.
     #[command(subcommand)]
     App(cli::AppCmd),
+    /// Custom domains of an app.
+    #[command(subcommand)]
+    Domain(cli::DomainCmd),
+    /// TLS certificates of an app, served by SNI on the HTTPS listener.
+    #[command(subcommand)]
+    Cert(cli::CertCmd),
+    /// Access restrictions: priority-ordered allow/deny rules on client addresses.
+    #[command(subcommand)]
+    Access(cli::AccessCmd),
     /// Deploy a directory, .zip or .tar.gz as the app's next release.
     Deploy(cli::DeployArgs),
     /// List an app's instances.

@@ -10,11 +10,11 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use stamp_artifact::BlobStore;
-use stamp_controller::{Controller, ControllerConfig, Node, RouteSink};
+use stamp_controller::{CertSummary, Controller, ControllerConfig, FrontEnd, Node};
 use stamp_frontend::{Frontend, FrontendConfig};
 use stamp_logs::LogBook;
 use stamp_model::sku::Capacity;
-use stamp_model::{InstanceSpec, ObservedInstance, SystemClock, WallClock};
+use stamp_model::{Certificate, InstanceSpec, ObservedInstance, SystemClock, WallClock};
 use stamp_routes::RouteTable;
 use stamp_store::Store;
 use stamp_worker::{WorkerAgent, WorkerConfig};
@@ -61,11 +61,20 @@ impl Node for AgentNode {
     }
 }
 
-struct FrontendRoutes(Frontend);
+struct FrontendLink(Frontend);
 
-impl RouteSink for FrontendRoutes {
+impl FrontEnd for FrontendLink {
     fn set_routes(&self, table: RouteTable) {
         self.0.set_routes(table);
+    }
+    fn set_certificates(&self, _certs: &[Certificate]) {
+        // WIRE: Frontend::set_certificates once TLS lands.
+    }
+    fn render_metrics(&self, _out: &mut String) {
+        // WIRE: Frontend::render_metrics once metrics land.
+    }
+    fn inspect_certificate(&self, _cert_pem: &str, _key_pem: &str) -> Result<CertSummary, String> {
+        Err("WIRE".into())
     }
 }
 
@@ -118,7 +127,8 @@ fn write_file(path: &Path, contents: &str, mode: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The admin token: created on first start, kept in the data directory (mode 0600).
+/// The admin token: created on first start, kept in the data directory (mode 0600). A new
+/// token (the file was deleted) revokes the old one.
 fn admin_token(data: &Path, store: &Store, clock: &dyn WallClock) -> anyhow::Result<()> {
     let path = data.join(TOKEN_FILE);
     let token = match std::fs::read_to_string(&path) {
@@ -130,9 +140,9 @@ fn admin_token(data: &Path, store: &Store, clock: &dyn WallClock) -> anyhow::Res
             t
         }
     };
-    store.add_token(
-        &stamp_controller::api::token_hash(&token),
+    store.replace_tokens(
         "owner",
+        &stamp_controller::api::token_hash(&token),
         clock.now(),
     )?;
     Ok(())
@@ -170,6 +180,9 @@ pub async fn run(global: &Global, args: UpArgs) -> anyhow::Result<()> {
         std::fs::create_dir_all(data.join(sub))
             .with_context(|| format!("create data directory {}", data.join(sub).display()))?;
     }
+    // Settings (often secrets), the token and every app's files live here: owner only.
+    std::fs::set_permissions(&data, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .with_context(|| format!("restrict {} to its owner", data.display()))?;
     let clock: Arc<dyn WallClock> = Arc::new(SystemClock);
     let store = Store::open(&data.join("stamp.db")).context("open the store")?;
     admin_token(&data, &store, clock.as_ref())?;
@@ -220,7 +233,7 @@ pub async fn run(global: &Global, args: UpArgs) -> anyhow::Result<()> {
         logs,
         clock,
         Arc::new(AgentNode(agent.clone())),
-        Arc::new(FrontendRoutes(frontend.clone())),
+        Arc::new(FrontendLink(frontend.clone())),
     );
     controller.sync().context("load desired state")?;
     let routes_task = tokio::spawn({
@@ -281,20 +294,29 @@ pub async fn run(global: &Global, args: UpArgs) -> anyhow::Result<()> {
     println!("Press Ctrl-C to stop.");
 
     wait_for_signal().await?;
-    println!("Stopping: draining the front end and stopping instances ...");
+    println!("Stopping: draining the front end, then stopping instances ...");
+    controller.begin_shutdown();
     let _ = stop_tx.send(true);
-    tokio::join!(agent.shutdown(), async {
-        if let Ok(Err(e)) = frontend_task.await {
-            tracing::warn!("front end stopped with an error: {e:#}");
-        }
-    });
-    if let Ok(Err(e)) = api_task.await {
-        tracing::warn!("API server stopped with an error: {e:#}");
+    // The front end finishes in-flight requests (bounded by its shutdown grace) before the
+    // instances serving them get SIGTERM.
+    match frontend_task.await {
+        Ok(Err(e)) => tracing::warn!("front end stopped with an error: {e:#}"),
+        Err(e) => tracing::warn!("front end task failed: {e}"),
+        Ok(Ok(())) => {}
+    }
+    agent.shutdown().await;
+    match tokio::time::timeout(API_SHUTDOWN_GRACE, api_task).await {
+        Ok(Ok(Err(e))) => tracing::warn!("API server stopped with an error: {e:#}"),
+        Err(_) => tracing::warn!("API connections still open after {API_SHUTDOWN_GRACE:?}; closing"),
+        _ => {}
     }
     routes_task.abort();
     println!("Stopped.");
     Ok(())
 }
+
+/// How long open API requests may take to finish when the stamp stops.
+const API_SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 async fn wait_for_signal() -> anyhow::Result<()> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
