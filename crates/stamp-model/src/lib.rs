@@ -8,6 +8,7 @@
 pub mod backoff;
 #[cfg(any(test, feature = "fixtures"))]
 pub mod fixtures;
+pub mod health;
 pub mod names;
 pub mod procfile;
 pub mod reconcile;

@@ -16,7 +16,7 @@ use crate::spec::{InstanceKey, InstanceSpec, InstanceState, ObservedInstance};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     /// Start a new instance of this spec.
-    Start(InstanceSpec),
+    Start(Box<InstanceSpec>),
     /// Take the instance out of rotation, drain it, then stop it.
     Stop(InstanceId),
 }
@@ -35,7 +35,7 @@ pub fn reconcile(desired: &[InstanceSpec], observed: &[ObservedInstance]) -> Vec
             Some(o) => {
                 kept.insert(&o.id);
             }
-            None => actions.push(Action::Start(d.clone())),
+            None => actions.push(Action::Start(Box::new(d.clone()))),
         }
     }
 

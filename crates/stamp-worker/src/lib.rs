@@ -5,12 +5,14 @@
 //! of the desired set or of an instance's state it reconciles and carries out the resulting
 //! starts and stops. [`WorkerAgent`] is the handle; [`AgentTask`] owns the loop and the observed
 //! state; each instance has its own supervisor task ([`supervisor`]) that runs its process,
-//! restarts it after crashes and drains and stops it, reporting every state change back.
+//! probes its health check ([`health`]), restarts it after crashes and drains and stops it,
+//! reporting every state change back.
 //!
 //! On disk, the agent owns `<dir>/instances/<id>/{app,home,tmp,pgid}`: the unpacked artifact, the
 //! instance's `$HOME` and `$TMPDIR`, and its process group id, so the next agent on the same
 //! directory can kill what a crashed one left behind ([`leftovers`]).
 
+mod health;
 mod leftovers;
 mod process;
 mod supervisor;
@@ -258,7 +260,7 @@ impl AgentTask {
     fn reconcile(&mut self) {
         for action in reconcile(&self.desired, &self.observed_now()) {
             match action {
-                Action::Start(spec) => self.start(spec),
+                Action::Start(spec) => self.start(*spec),
                 Action::Stop(id) => {
                     if let Some(entry) = self.instances.get_mut(&id) {
                         entry.stop.send_replace(StopRequest::Drain);
@@ -285,7 +287,9 @@ impl AgentTask {
                 break id;
             }
         };
-        let port = match free_port() {
+        let taken: std::collections::HashSet<u16> =
+            self.instances.values().map(|e| e.observed.port).collect();
+        let port = match free_port(&taken) {
             Ok(port) => port,
             Err(e) => {
                 // Retried on the next change; a machine out of ports has bigger problems.
@@ -319,7 +323,24 @@ impl AgentTask {
 }
 
 /// A port nobody listens on now: bind port 0 on loopback, read it, close.
-fn free_port() -> std::io::Result<u16> {
-    let listener = std::net::TcpListener::bind(("127.0.0.1", 0))?;
-    Ok(listener.local_addr()?.port())
+/// Instance ports come from this range, below Linux's default ephemeral range (32768-60999):
+/// outgoing connections (the front end's, the apps') take ephemeral ports, so they never grab
+/// the port of an instance that crashed and is about to restart on it.
+const INSTANCE_PORTS: std::ops::Range<u16> = 20_000..32_768;
+
+/// A port in [`INSTANCE_PORTS`] that no instance of this agent holds (even while crashed and
+/// waiting to restart) and that nothing else is bound to now.
+fn free_port(taken: &std::collections::HashSet<u16>) -> std::io::Result<u16> {
+    let span = INSTANCE_PORTS.end - INSTANCE_PORTS.start;
+    let first = rand::random::<u16>() % span;
+    for i in 0..span {
+        let port = INSTANCE_PORTS.start + (first + i) % span;
+        if !taken.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::AddrInUse,
+        "no free port left in 20000-32767 for a new instance",
+    ))
 }

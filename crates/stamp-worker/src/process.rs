@@ -161,11 +161,12 @@ impl Process {
                 "PATH",
                 std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into()),
             )
+            .env("LANG", "C.UTF-8")
+            // App settings (PATH and LANG may be overridden), then the platform's variables,
+            // which win.
+            .envs(&spec.env)
             .env("HOME", &paths.home)
             .env("TMPDIR", &paths.tmp)
-            .env("LANG", "C.UTF-8")
-            // App settings, then the platform's variables, which win.
-            .envs(&spec.env)
             .env("PORT", instance.port.to_string())
             .env("STAMP_APP", app.as_str())
             .env("STAMP_SLOT", spec.key.slot.as_str())

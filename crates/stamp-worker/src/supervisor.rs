@@ -1,7 +1,7 @@
 //! One instance's life, from start to stopped: prepare its directory, run its process, wait for
-//! it to listen on `$PORT`, restart it with backoff when it crashes, and drain and stop it when
-//! the agent asks. Every state change is reported to the agent task; every step is an event in
-//! the app's log.
+//! it to listen on `$PORT`, probe its health check while it is ready, restart it with backoff
+//! when it crashes, and drain and stop it when the agent asks. Every state change is reported to
+//! the agent task; every step is an event in the app's log.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -13,10 +13,15 @@ use stamp_model::{InstanceState, Millis, ObservedInstance, WallClock, backoff};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
+use crate::health::{self, HealthProbe};
 use crate::process::{InstancePaths, Process, StartError};
 
 /// How often a starting instance's port is tried.
 const READY_POLL: Duration = Duration::from_millis(25);
+/// The least time a draining instance is given to leave the front end's routes and finish its
+/// requests, whatever its grace period.
+const MIN_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// How often the front end is asked whether a draining instance is drained.
 const DRAIN_POLL: Duration = Duration::from_millis(15);
 
@@ -83,6 +88,8 @@ impl Supervisor {
             consecutive = backoff::next_consecutive(consecutive, ran_for);
             let delay = backoff::restart_delay(consecutive);
             self.observed.pid = None;
+            // The next process is a fresh one, healthy until its own probes say otherwise.
+            self.observed.healthy = true;
             self.set_state(InstanceState::Crashed);
             self.event(&format!(
                 "{} crashed: {reason}; restarting in {}",
@@ -161,9 +168,26 @@ impl Supervisor {
             "{} v{} ready on port {port}",
             self.observed.id, self.observed.spec.release
         ));
-        tokio::select! {
-            exit = process.wait() => crashed(exit, started),
-            request = stop_requested(&mut self.stop) => self.stop(process, request).await,
+        // Probed only while ready: a timer in this loop, nothing at all without a health check.
+        let host = format!("{}.{}", self.observed.spec.key.app, self.context.domain);
+        let mut health = self
+            .observed
+            .spec
+            .health_check
+            .as_ref()
+            .map(|check| HealthProbe::new(&self.observed.id.0, check, &host, port));
+        loop {
+            tokio::select! {
+                exit = process.wait() => return crashed(exit, started),
+                request = stop_requested(&mut self.stop) => {
+                    return self.stop(process, request).await;
+                }
+                change = health::next_change(&mut health) => {
+                    self.observed.healthy = change.healthy;
+                    self.report();
+                    self.event(&change.event);
+                }
+            }
         }
     }
 
@@ -207,9 +231,12 @@ impl Supervisor {
             self.event(&format!("{id} draining"));
             let addr = SocketAddr::from(([127, 0, 0, 1], self.observed.port));
             let drained = self.context.drained.clone();
+            // Bounded by the grace period, but never shorter than MIN_DRAIN: even with a grace
+            // period of 0 the front end must first take the instance out of its routes.
+            let limit = grace.as_duration().max(MIN_DRAIN);
             tokio::select! {
                 () = until_drained(&*drained, addr) => {}
-                () = tokio::time::sleep(grace.as_duration()) => {}
+                () = tokio::time::sleep(limit) => {}
                 // Shutdown does not wait for drains in progress.
                 _ = self.stop.wait_for(|r| *r == StopRequest::Now) => {}
                 _ = process.wait() => return Attempt::Stopped,
@@ -234,6 +261,10 @@ impl Supervisor {
 
     fn set_state(&mut self, state: InstanceState) {
         self.observed.state = state;
+        self.report();
+    }
+
+    fn report(&self) {
         // An error means the agent is gone, and with it anyone interested.
         let _ = self.reports.send(self.observed.clone());
     }
@@ -278,7 +309,7 @@ async fn until_drained(drained: &(dyn Fn(SocketAddr) -> bool + Send + Sync), add
 }
 
 /// `1 s`, `0.5 s`: durations in events.
-fn secs(m: Millis) -> String {
+pub(crate) fn secs(m: Millis) -> String {
     let (whole, rest) = (m.0 / 1000, m.0 % 1000);
     if rest == 0 {
         format!("{whole} s")

@@ -1,5 +1,6 @@
 //! The worker agent with real processes: a small Python web app packed into a real artifact,
-//! started, checked over HTTP on loopback, crashed, rolled, drained and stopped.
+//! started, checked over HTTP on loopback, crashed, rolled, drained and stopped; and a second one
+//! whose health check fails on demand.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -13,8 +14,8 @@ use stamp_artifact::BlobStore;
 use stamp_logs::{LogBook, PLATFORM};
 use stamp_model::spec::{InstanceKey, WorkerId};
 use stamp_model::{
-    AppName, Digest, InstanceSpec, InstanceState, Millis, ObservedInstance, PlanName, ProcessType,
-    SlotName, SystemClock,
+    AppName, Digest, HealthCheck, InstanceId, InstanceSpec, InstanceState, Millis,
+    ObservedInstance, PlanName, ProcessType, SlotName, SystemClock,
 };
 use stamp_worker::{WorkerAgent, WorkerConfig};
 use tempfile::TempDir;
@@ -39,7 +40,37 @@ print("listening on", os.environ["PORT"], flush=True)
 server.serve_forever()
 "#;
 
+/// Serves a health check on `/healthz`: 200, or 500 while a file `unhealthy` exists in its
+/// working directory, or 302 when `$HEALTH` is `redirect`. Appends each probe's request line
+/// and headers to `probes.log`, so a test sees what was asked and how often.
+const HEALTH_SERVER: &str = r#"
+import http.server, os
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        if self.path == "/healthz":
+            with open("probes.log", "a") as log:
+                h = self.headers
+                log.write("%s|%s|%s|%s\n" % (self.requestline, h["Host"], h["User-Agent"], h["Connection"]))
+            if os.environ.get("HEALTH") == "redirect":
+                self.send_response(302)
+                self.send_header("Location", "/login")
+            elif os.path.exists("unhealthy"):
+                self.send_response(500)
+            else:
+                self.send_response(200)
+        else:
+            self.send_response(404)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+    def log_message(self, *args):
+        pass
+server = http.server.HTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler)
+server.serve_forever()
+"#;
+
 const SERVE: &str = "exec python3 server.py";
+const SERVE_HEALTH: &str = "exec python3 health.py";
 const WAIT: Duration = Duration::from_secs(30);
 
 struct Rig {
@@ -60,6 +91,7 @@ impl Rig {
         let src = tmp.path().join("src");
         std::fs::create_dir_all(&src).unwrap();
         std::fs::write(src.join("server.py"), SERVER).unwrap();
+        std::fs::write(src.join("health.py"), HEALTH_SERVER).unwrap();
         let archive = tmp.path().join("app.tar.gz");
         let mut file = std::fs::File::create(&archive).unwrap();
         stamp_artifact::pack_dir(&src, &mut file).unwrap();
@@ -125,6 +157,20 @@ impl Rig {
             grace_period: Millis::from_secs(30),
             start_timeout: Millis::from_secs(30),
             health_check: None,
+        }
+    }
+
+    /// The running instance's working directory (its unpacked app).
+    fn app_dir(&self, id: &InstanceId) -> PathBuf {
+        self.dir().join("instances").join(&id.0).join("app")
+    }
+
+    /// The health check requests the instance received, one line each.
+    fn probes(&self, id: &InstanceId) -> Vec<String> {
+        match std::fs::read_to_string(self.app_dir(id).join("probes.log")) {
+            Ok(text) => text.lines().map(str::to_string).collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => panic!("read probes.log: {e}"),
         }
     }
 
@@ -602,4 +648,100 @@ async fn instances_die_with_the_thread_that_spawned_them() {
         !alive(pid)
     })
     .await;
+}
+
+/// A spec of the health app, probed every second (the shortest interval validation allows),
+/// unhealthy after two failures.
+fn health_checked(rig: &Rig) -> InstanceSpec {
+    let mut spec = rig.spec(0, 1, SERVE_HEALTH);
+    spec.health_check = Some(HealthCheck {
+        path: "/healthz".into(),
+        interval: Millis(1000),
+        unhealthy_after: 2,
+        max_unhealthy_percent: 50,
+    });
+    spec
+}
+
+fn health_of(id: &InstanceId, healthy: bool) -> impl Fn(&[ObservedInstance]) -> bool {
+    move |o| {
+        o.iter()
+            .any(|i| i.id == *id && i.state == InstanceState::Ready && i.healthy == healthy)
+    }
+}
+
+#[tokio::test]
+async fn failing_health_checks_mark_an_instance_unhealthy_until_one_passes() {
+    let rig = Rig::new();
+    let agent = rig.agent().await;
+    let mut rx = agent.observed();
+    agent.set_desired(vec![health_checked(&rig)]);
+    let ready = until(&mut rx, "ready", all_ready(1)).await.remove(0);
+    let id = ready.id.clone();
+    assert!(ready.healthy);
+    let unhealthy_file = rig.app_dir(&id).join("unhealthy");
+
+    std::fs::write(&unhealthy_file, "").unwrap();
+    until(&mut rx, "unhealthy", health_of(&id, false)).await;
+    let unhealthy =
+        format!("{id} unhealthy: 2 consecutive health check failures on /healthz (last: HTTP 500)");
+    eventually("the unhealthy event", || rig.has_event(&unhealthy)).await;
+    let probes = rig.probes(&id);
+    assert!(probes.len() >= 2, "{probes:#?}");
+    for probe in &probes {
+        assert_eq!(
+            probe,
+            "GET /healthz HTTP/1.1|hello.stamp.test|Stamp-HealthCheck|close"
+        );
+    }
+
+    std::fs::remove_file(&unhealthy_file).unwrap();
+    until(&mut rx, "healthy again", health_of(&id, true)).await;
+    let healthy = format!("{id} healthy again (/healthz answered 200)");
+    eventually("the healthy event", || rig.has_event(&healthy)).await;
+
+    tokio::time::timeout(WAIT, agent.shutdown()).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_redirect_fails_the_health_check_and_a_restart_starts_healthy() {
+    let rig = Rig::new();
+    let agent = rig.agent().await;
+    let mut rx = agent.observed();
+    let mut spec = health_checked(&rig);
+    spec.env.insert("HEALTH".into(), "redirect".into());
+    agent.set_desired(vec![spec]);
+    let ready = until(&mut rx, "ready", all_ready(1)).await.remove(0);
+    let id = ready.id.clone();
+    until(&mut rx, "unhealthy", health_of(&id, false)).await;
+    let event = format!(
+        "{id} unhealthy: 2 consecutive health check failures on /healthz (last: HTTP 302, a redirect, which health checks do not follow)"
+    );
+    eventually("the unhealthy event", || rig.has_event(&event)).await;
+
+    // A crash restarts the process healthy, whatever the last one's verdict was.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid(&ready) as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    until(&mut rx, "restarted healthy", |o| {
+        o.len() == 1 && o[0].restarts == 1 && o[0].state == InstanceState::Ready && o[0].healthy
+    })
+    .await;
+    tokio::time::timeout(WAIT, agent.shutdown()).await.unwrap();
+}
+
+#[tokio::test]
+async fn an_instance_without_a_health_check_is_never_probed() {
+    let rig = Rig::new();
+    let agent = rig.agent().await;
+    let mut rx = agent.observed();
+    agent.set_desired(vec![rig.spec(0, 1, SERVE_HEALTH)]);
+    let ready = until(&mut rx, "ready", all_ready(1)).await.remove(0);
+    // Two and a half intervals of the health-checked tests.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(rig.probes(&ready.id), Vec::<String>::new());
+    assert!(rx.borrow().iter().all(|i| i.healthy));
+    tokio::time::timeout(WAIT, agent.shutdown()).await.unwrap();
 }
