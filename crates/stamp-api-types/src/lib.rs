@@ -215,6 +215,8 @@ pub struct InstanceView {
     /// Unix milliseconds.
     pub started_at: u64,
     pub restarts: u32,
+    /// False once the app's health check failed enough times in a row.
+    pub healthy: bool,
 }
 
 /// `PATCH /apps/{app}/settings`: applied together, as one new release.

@@ -148,8 +148,12 @@ impl Client {
     }
 
     pub async fn update_app(&self, name: &str, req: &wire::UpdateApp) -> Result<wire::AppView> {
-        self.json(self.http.patch(self.url(&format!("/apps/{name}"))).json(req))
-            .await
+        self.json(
+            self.http
+                .patch(self.url(&format!("/apps/{name}")))
+                .json(req),
+        )
+        .await
     }
 
     pub async fn domains(&self, app: &str) -> Result<Vec<String>> {
@@ -157,8 +161,11 @@ impl Client {
     }
 
     pub async fn add_domain(&self, app: &str, domain: &str) -> Result<Vec<String>> {
-        self.json(self.http.put(self.url(&format!("/apps/{app}/domains/{domain}"))))
-            .await
+        self.json(
+            self.http
+                .put(self.url(&format!("/apps/{app}/domains/{domain}"))),
+        )
+        .await
     }
 
     pub async fn remove_domain(&self, app: &str, domain: &str) -> Result<Vec<String>> {

@@ -14,12 +14,14 @@ use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 use stamp_api_types as wire;
 use stamp_artifact::UnpackLimits;
+use stamp_model::site::{
+    self, DEFAULT_HEALTH_INTERVAL, DEFAULT_MAX_UNHEALTHY_PERCENT, DEFAULT_UNHEALTHY_AFTER,
+};
 use stamp_model::sku::{self, CATALOG};
-use stamp_model::site::{self, DEFAULT_HEALTH_INTERVAL, DEFAULT_MAX_UNHEALTHY_PERCENT, DEFAULT_UNHEALTHY_AFTER};
 use stamp_model::{
-    AccessAction, AccessRule, App, AppName, Balancing, Certificate, HealthCheck, InstanceSpec, InstanceState,
-    Millis, ObservedInstance, Plan, PlanName, Procfile, ProcfileError, Release, Settings,
-    SiteConfig, Sku, SlotName,
+    AccessAction, AccessRule, App, AppName, Balancing, Certificate, HealthCheck, InstanceSpec,
+    InstanceState, Millis, ObservedInstance, Plan, PlanName, Procfile, ProcfileError, Release,
+    Settings, SiteConfig, Sku, SlotName,
 };
 use stamp_store::NewRelease;
 
@@ -36,7 +38,10 @@ pub fn router(c: Controller) -> Router {
         .route("/plans/{plan}", get(show_plan).delete(delete_plan))
         .route("/plans/{plan}/scale", post(scale_plan))
         .route("/apps", get(list_apps).post(create_app))
-        .route("/apps/{app}", get(show_app).patch(update_app).delete(delete_app))
+        .route(
+            "/apps/{app}",
+            get(show_app).patch(update_app).delete(delete_app),
+        )
         .route("/apps/{app}/domains", get(list_domains))
         .route(
             "/apps/{app}/certificates",
@@ -313,6 +318,7 @@ fn instance_view(o: &ObservedInstance) -> wire::InstanceView {
         port: o.port,
         started_at: o.started_at.0,
         restarts: o.restarts,
+        healthy: o.healthy,
     }
 }
 
@@ -630,7 +636,12 @@ async fn update_app(
     let event = format!("config: front end updated: {}", describe_update(&req));
     let app = change_site(&c, &name, &event, |site| apply_update(site, &req)).await?;
     let release = c.store().current_release(&name, &SlotName::production())?;
-    Ok(Json(c.app_view(&app, release.as_ref(), &c.desired(), &c.observed())))
+    Ok(Json(c.app_view(
+        &app,
+        release.as_ref(),
+        &c.desired(),
+        &c.observed(),
+    )))
 }
 
 /// `https_only=true, balancing="least-requests"`: the fields the update sets.
@@ -720,7 +731,9 @@ async fn list_access_rules(
     Path(name): Path<String>,
 ) -> ApiResult<Json<Vec<wire::AccessRuleView>>> {
     let app = c.store().app(&app_name(&name)?)?;
-    Ok(Json(app.site.access_rules.iter().map(access_rule_view).collect()))
+    Ok(Json(
+        app.site.access_rules.iter().map(access_rule_view).collect(),
+    ))
 }
 
 /// Parses `10.0.0.0/8`, `2001:db8::/32`, or a bare address (one host).
@@ -805,7 +818,9 @@ async fn remove_access_rule(
         Ok(site)
     })
     .await?;
-    Ok(Json(app.site.access_rules.iter().map(access_rule_view).collect()))
+    Ok(Json(
+        app.site.access_rules.iter().map(access_rule_view).collect(),
+    ))
 }
 
 fn certificate_view(c: &Certificate) -> wire::CertificateView {
@@ -874,10 +889,7 @@ async fn upload_certificate(
         stamp_store::StoreError::Conflict { .. } => ApiError {
             status: StatusCode::CONFLICT,
             code: wire::codes::CONFLICT,
-            message: format!(
-                "app {name} already has the certificate {}",
-                cert.thumbprint
-            ),
+            message: format!("app {name} already has the certificate {}", cert.thumbprint),
         },
         e => e.into(),
     })?;

@@ -149,9 +149,7 @@ impl Controller {
                 .collect(),
         );
         self.inner.node.set_desired(desired);
-        self.inner
-            .frontend
-            .set_certificates(&store.certificates()?);
+        self.inner.frontend.set_certificates(&store.certificates()?);
         Ok(())
     }
 
@@ -170,7 +168,10 @@ impl Controller {
         out.push_str("# HELP stamp_instances Instances on the node by app and state.\n");
         out.push_str("# TYPE stamp_instances gauge\n");
         for ((app, state), n) in &counts {
-            let _ = writeln!(out, "stamp_instances{{app=\"{app}\",state=\"{state}\"}} {n}");
+            let _ = writeln!(
+                out,
+                "stamp_instances{{app=\"{app}\",state=\"{state}\"}} {n}"
+            );
         }
         if let Ok(plans) = self.inner.store.plans() {
             out.push_str("# HELP stamp_plan_workers Workers of each plan.\n");
@@ -199,7 +200,9 @@ impl Controller {
                     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
                     match c.sync() {
                         Ok(()) => return,
-                        Err(e) => tracing::error!("failed to publish desired state (retrying): {e:#}"),
+                        Err(e) => {
+                            tracing::error!("failed to publish desired state (retrying): {e:#}")
+                        }
                     }
                 }
             });

@@ -1,63 +1,150 @@
 //! Bodies on both sides of the proxy, streamed frame by frame (never buffered), and the
-//! in-flight count that a response body holds until it has been sent or dropped.
+//! [`Tracker`] a response carries until it has been sent or dropped: it holds the request's
+//! in-flight count (so `Frontend::is_drained` knows when an instance can be stopped) and records
+//! the request's metrics when it ends. Byte counts are summed in plain fields and added to the
+//! shared atomics once, at the end.
 
+use std::error::Error as StdError;
+use std::fmt;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
+use tokio::time::Instant;
 
-/// One request in flight to a backend: counted from the pick until the response body ends or is
-/// dropped, so `Frontend::is_drained` knows when an instance can be stopped.
+use crate::metrics::AppCounters;
+use crate::proxy::Instance;
+
+/// Who answered a request, for its metrics.
 #[derive(Debug)]
-pub(crate) struct InFlight(Arc<AtomicUsize>);
+pub(crate) enum Target {
+    /// The front end itself (an error page, a redirect).
+    App(Arc<AppCounters>),
+    /// An instance. Its in-flight count includes this request until the tracker is dropped.
+    Instance(Arc<Instance>),
+}
 
-impl InFlight {
-    pub(crate) fn start(counter: &Arc<AtomicUsize>) -> InFlight {
-        counter.fetch_add(1, Ordering::Relaxed);
-        InFlight(Arc::clone(counter))
+/// One answered request: recorded in the metrics (and, for an instance, taken out of its
+/// in-flight count) when dropped.
+#[derive(Debug)]
+pub(crate) struct Tracker {
+    target: Target,
+    start: Instant,
+    class: usize,
+    /// Fixed early for upgrades, whose connection lives on long after the `101`.
+    latency: Option<Duration>,
+    sent: u64,
+    received: u64,
+}
+
+impl Tracker {
+    /// `class` is the response's status class (see `metrics::class_of`). For
+    /// [`Target::Instance`], the caller has already counted the request in flight.
+    pub(crate) fn new(target: Target, start: Instant, class: usize) -> Tracker {
+        Tracker {
+            target,
+            start,
+            class,
+            latency: None,
+            sent: 0,
+            received: 0,
+        }
+    }
+
+    /// Ends the latency measurement now rather than when the tracker is dropped.
+    pub(crate) fn stop_clock(&mut self) {
+        self.latency = Some(self.start.elapsed());
+    }
+
+    pub(crate) fn add_bytes(&mut self, received: u64, sent: u64) {
+        self.received += received;
+        self.sent += sent;
     }
 }
 
-impl Drop for InFlight {
+impl Drop for Tracker {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        let latency = self.latency.unwrap_or_else(|| self.start.elapsed());
+        let app = match &self.target {
+            Target::App(app) => {
+                app.own.add(self.class);
+                app
+            }
+            Target::Instance(instance) => {
+                instance.in_flight.fetch_sub(1, Ordering::Relaxed);
+                let counters = &instance.counters;
+                counters.requests.add(self.class);
+                if self.sent > 0 {
+                    counters.sent.fetch_add(self.sent, Ordering::Relaxed);
+                }
+                if self.received > 0 {
+                    counters
+                        .received
+                        .fetch_add(self.received, Ordering::Relaxed);
+                }
+                &instance.app
+            }
+        };
+        app.requests.add(self.class);
+        app.latency.record(latency);
+        if self.sent > 0 {
+            app.sent.fetch_add(self.sent, Ordering::Relaxed);
+        }
+        if self.received > 0 {
+            app.received.fetch_add(self.received, Ordering::Relaxed);
+        }
     }
 }
 
 /// What the front end sends a client: its own page or an instance's body.
 #[derive(Debug)]
 pub(crate) enum ResponseBody {
-    Page(Full<Bytes>),
+    Page {
+        body: Full<Bytes>,
+        /// `None` for requests that named no app.
+        tracker: Option<Tracker>,
+    },
     Upstream {
         body: Incoming,
         /// Dropped at the end of the body, or with it.
-        in_flight: Option<InFlight>,
+        tracker: Option<Tracker>,
     },
 }
 
 impl ResponseBody {
     pub(crate) fn page(html: Bytes) -> ResponseBody {
-        ResponseBody::Page(Full::new(html))
+        ResponseBody::Page {
+            body: Full::new(html),
+            tracker: None,
+        }
     }
 
-    pub(crate) fn upstream(body: Incoming, in_flight: InFlight) -> ResponseBody {
+    pub(crate) fn upstream(body: Incoming, tracker: Tracker) -> ResponseBody {
         ResponseBody::Upstream {
             body,
-            in_flight: Some(in_flight),
+            tracker: Some(tracker),
+        }
+    }
+
+    /// Gives a page its tracker; an upstream body already has one.
+    pub(crate) fn track(&mut self, new: Tracker) {
+        if let ResponseBody::Page { tracker, .. } = self {
+            *tracker = Some(new);
         }
     }
 
     #[cfg(test)]
     pub(crate) fn page_text(self) -> String {
         use http_body_util::BodyExt;
-        let ResponseBody::Page(full) = self else {
+        let ResponseBody::Page { body, .. } = self else {
             panic!("not a page");
         };
-        let bytes = futures_util::FutureExt::now_or_never(full.collect())
+        let bytes = futures_util::FutureExt::now_or_never(body.collect())
             .expect("a full body is ready")
             .unwrap_or_else(|never| match never {})
             .to_bytes();
@@ -74,13 +161,24 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
-            ResponseBody::Page(full) => Pin::new(full)
-                .poll_frame(cx)
-                .map_err(|never| match never {}),
-            ResponseBody::Upstream { body, in_flight } => {
+            ResponseBody::Page { body, tracker } => {
                 let frame = ready!(Pin::new(body).poll_frame(cx));
-                if !matches!(frame, Some(Ok(_))) {
-                    in_flight.take();
+                if frame.is_none() {
+                    tracker.take();
+                }
+                Poll::Ready(frame.map(|f| f.map_err(|never| match never {})))
+            }
+            ResponseBody::Upstream { body, tracker } => {
+                let frame = ready!(Pin::new(body).poll_frame(cx));
+                match &frame {
+                    Some(Ok(frame)) => {
+                        if let (Some(data), Some(tracker)) = (frame.data_ref(), tracker.as_mut()) {
+                            tracker.sent += data.len() as u64;
+                        }
+                    }
+                    _ => {
+                        tracker.take();
+                    }
                 }
                 Poll::Ready(frame)
             }
@@ -89,52 +187,134 @@ impl Body for ResponseBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            ResponseBody::Page(full) => full.is_end_stream(),
+            ResponseBody::Page { body, .. } => body.is_end_stream(),
             ResponseBody::Upstream { body, .. } => body.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            ResponseBody::Page(full) => full.size_hint(),
+            ResponseBody::Page { body, .. } => body.size_hint(),
             ResponseBody::Upstream { body, .. } => body.size_hint(),
         }
     }
 }
 
+/// Why a request body could not be sent on.
+#[derive(Debug)]
+pub(crate) enum BodyError {
+    /// Reading it from the client failed (the client went away, bad framing).
+    Client(hyper::Error),
+    /// It grew past `FrontendConfig::max_request_body` (a chunked body, whose size was not
+    /// known in advance).
+    TooLarge,
+}
+
+impl fmt::Display for BodyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BodyError::Client(_) => f.write_str("failed to read the request body from the client"),
+            BodyError::TooLarge => {
+                f.write_str("the request body is larger than the front end accepts")
+            }
+        }
+    }
+}
+
+impl StdError for BodyError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        match self {
+            BodyError::Client(error) => Some(error),
+            BodyError::TooLarge => None,
+        }
+    }
+}
+
 /// What the front end sends an instance: nothing (so the request can be sent again to another
-/// instance) or the client's body, streamed once.
+/// instance) or the client's body, streamed once, counted, and cut at the size limit.
 #[derive(Debug)]
 pub(crate) enum RequestBody {
     Empty,
-    Streaming(Incoming),
+    Streaming {
+        body: Incoming,
+        limit: u64,
+        received: u64,
+        instance: Arc<Instance>,
+    },
+}
+
+impl Drop for RequestBody {
+    fn drop(&mut self) {
+        if let RequestBody::Streaming {
+            received, instance, ..
+        } = self
+            && *received > 0
+        {
+            instance
+                .counters
+                .received
+                .fetch_add(*received, Ordering::Relaxed);
+            instance
+                .app
+                .received
+                .fetch_add(*received, Ordering::Relaxed);
+        }
+    }
 }
 
 impl Body for RequestBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
             RequestBody::Empty => Poll::Ready(None),
-            RequestBody::Streaming(body) => Pin::new(body).poll_frame(cx),
+            RequestBody::Streaming {
+                body,
+                limit,
+                received,
+                ..
+            } => {
+                let frame = ready!(Pin::new(body).poll_frame(cx));
+                if let Some(Ok(frame)) = &frame
+                    && let Some(data) = frame.data_ref()
+                {
+                    *received += data.len() as u64;
+                    if *received > *limit {
+                        return Poll::Ready(Some(Err(BodyError::TooLarge)));
+                    }
+                }
+                Poll::Ready(frame.map(|f| f.map_err(BodyError::Client)))
+            }
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             RequestBody::Empty => true,
-            RequestBody::Streaming(body) => body.is_end_stream(),
+            RequestBody::Streaming { body, .. } => body.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             RequestBody::Empty => SizeHint::with_exact(0),
-            RequestBody::Streaming(body) => body.size_hint(),
+            RequestBody::Streaming { body, .. } => body.size_hint(),
         }
     }
+}
+
+/// True when `error`, or an error it was caused by, is a request body cut at the size limit.
+pub(crate) fn is_too_large(error: &(dyn StdError + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(error) = current {
+        if matches!(error.downcast_ref::<BodyError>(), Some(BodyError::TooLarge)) {
+            return true;
+        }
+        current = error.source();
+    }
+    false
 }

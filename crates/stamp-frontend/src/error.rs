@@ -30,8 +30,14 @@ pub enum Fault {
 pub enum FrontendError {
     #[error("the request has no Host header, so it names no app")]
     MissingHost,
+    #[error("the request's Host does not match the server name of its TLS connection")]
+    MisdirectedRequest,
     #[error("no app is served at this host")]
     NoSuchApp,
+    #[error("the app's access restrictions do not allow the client's address")]
+    AccessDenied,
+    #[error("the request body is larger than the front end accepts")]
+    RequestTooLarge,
     #[error("the app has no ready instance")]
     NoReadyInstance,
     #[error("no instance of the app accepted a connection")]
@@ -45,10 +51,32 @@ pub enum FrontendError {
 }
 
 impl FrontendError {
+    /// Every error, in a fixed order: [`FrontendError::index`] is the position here.
+    pub const ALL: [FrontendError; 10] = [
+        FrontendError::MissingHost,
+        FrontendError::MisdirectedRequest,
+        FrontendError::NoSuchApp,
+        FrontendError::AccessDenied,
+        FrontendError::RequestTooLarge,
+        FrontendError::NoReadyInstance,
+        FrontendError::InstanceUnreachable,
+        FrontendError::InstanceClosedConnection,
+        FrontendError::InstanceTimeout,
+        FrontendError::Internal,
+    ];
+
+    /// Position in [`FrontendError::ALL`], for per-code counters in a plain array.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     pub fn status(self) -> StatusCode {
         match self {
             FrontendError::MissingHost => StatusCode::BAD_REQUEST,
+            FrontendError::MisdirectedRequest => StatusCode::MISDIRECTED_REQUEST,
             FrontendError::NoSuchApp => StatusCode::NOT_FOUND,
+            FrontendError::AccessDenied => StatusCode::FORBIDDEN,
+            FrontendError::RequestTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             FrontendError::NoReadyInstance => StatusCode::SERVICE_UNAVAILABLE,
             FrontendError::InstanceUnreachable | FrontendError::InstanceClosedConnection => {
                 StatusCode::BAD_GATEWAY
@@ -62,7 +90,10 @@ impl FrontendError {
     pub fn code(self) -> &'static str {
         match self {
             FrontendError::MissingHost => "missing-host",
+            FrontendError::MisdirectedRequest => "misdirected-request",
             FrontendError::NoSuchApp => "no-such-app",
+            FrontendError::AccessDenied => "access-denied",
+            FrontendError::RequestTooLarge => "request-too-large",
             FrontendError::NoReadyInstance => "no-ready-instance",
             FrontendError::InstanceUnreachable => "instance-unreachable",
             FrontendError::InstanceClosedConnection => "instance-closed-connection",
@@ -73,7 +104,11 @@ impl FrontendError {
 
     pub fn fault(self) -> Fault {
         match self {
-            FrontendError::MissingHost | FrontendError::NoSuchApp => Fault::Client,
+            FrontendError::MissingHost
+            | FrontendError::MisdirectedRequest
+            | FrontendError::NoSuchApp
+            | FrontendError::AccessDenied
+            | FrontendError::RequestTooLarge => Fault::Client,
             FrontendError::NoReadyInstance
             | FrontendError::InstanceUnreachable
             | FrontendError::InstanceClosedConnection
@@ -99,7 +134,10 @@ pub(crate) struct PageContext<'a> {
     pub domain: &'a str,
     /// The app, once the host resolved to one.
     pub app: Option<&'a str>,
+    /// The app's request timeout, for `instance-timeout`.
     pub request_timeout: Duration,
+    /// The front end's body limit, for `request-too-large`.
+    pub max_request_body: u64,
 }
 
 /// The error's response: a self-contained HTML page (the status and code in its title) with
@@ -115,6 +153,27 @@ pub(crate) fn error_response(error: FrontendError, cx: &PageContext<'_>) -> Resp
             format!(
                 "The request has no <code>Host</code> header, so Stamp cannot tell which app \
                  it is for. Send the app's hostname, <code>&lt;app&gt;.{domain}</code>."
+            ),
+        ),
+        FrontendError::MisdirectedRequest => (
+            format!("{host} is not the server this connection is for"),
+            "The request's <code>Host</code> names a different server than the one the TLS \
+             connection was opened for. Open a new connection to that host."
+                .to_string(),
+        ),
+        FrontendError::AccessDenied => (
+            format!("App {app} does not accept requests from your address"),
+            format!(
+                "The access restrictions of {app} do not allow requests from your network. \
+                 If this is your app, check its access rules."
+            ),
+        ),
+        FrontendError::RequestTooLarge => (
+            "The request body is too large".to_string(),
+            format!(
+                "Stamp accepts request bodies of at most {}. Send less data per request, \
+                 for example in several parts.",
+                human_bytes(cx.max_request_body)
             ),
         ),
         FrontendError::NoSuchApp => (
@@ -194,6 +253,19 @@ fn human(duration: Duration) -> String {
     }
 }
 
+/// `100 MiB`, `512 KiB`, `10 bytes`.
+fn human_bytes(bytes: u64) -> String {
+    const KIB: u64 = 1024;
+    const MIB: u64 = 1024 * KIB;
+    if bytes >= MIB && bytes.is_multiple_of(MIB) {
+        format!("{} MiB", bytes / MIB)
+    } else if bytes >= KIB && bytes.is_multiple_of(KIB) {
+        format!("{} KiB", bytes / KIB)
+    } else {
+        format!("{bytes} bytes")
+    }
+}
+
 /// The host comes from the client: never put it in a page unescaped.
 fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -221,6 +293,7 @@ mod tests {
             domain: "localhost",
             app: None,
             request_timeout: Duration::from_secs(230),
+            max_request_body: 100 * 1024 * 1024,
         };
         let response = error_response(FrontendError::NoSuchApp, &cx);
         assert_eq!(response.status(), StatusCode::NOT_FOUND);
@@ -233,20 +306,18 @@ mod tests {
     }
 
     #[test]
-    fn codes_are_distinct() {
-        let all = [
-            FrontendError::MissingHost,
-            FrontendError::NoSuchApp,
-            FrontendError::NoReadyInstance,
-            FrontendError::InstanceUnreachable,
-            FrontendError::InstanceClosedConnection,
-            FrontendError::InstanceTimeout,
-            FrontendError::Internal,
-        ];
+    fn codes_are_distinct_and_indexed() {
+        let all = FrontendError::ALL;
         let mut codes: Vec<_> = all.iter().map(|e| e.code()).collect();
         codes.sort_unstable();
         codes.dedup();
         assert_eq!(codes.len(), all.len());
+        for (position, error) in all.iter().enumerate() {
+            assert_eq!(error.index(), position, "{error:?}");
+        }
+        assert_eq!(human_bytes(100 * 1024 * 1024), "100 MiB");
+        assert_eq!(human_bytes(1536), "1536 bytes");
+        assert_eq!(human_bytes(2048), "2 KiB");
         assert_eq!(FrontendError::NoSuchApp.fault(), Fault::Client);
         assert_eq!(FrontendError::InstanceTimeout.fault(), Fault::Upstream);
     }

@@ -1,6 +1,9 @@
-//! The accept loop and one task per connection: HTTP/1.1, or HTTP/2 with prior knowledge
-//! (h2c), told apart by hyper-util from the first bytes. On shutdown the listener closes at once
-//! and open connections get a bounded grace period to finish their requests.
+//! The accept loop and one task per connection, for plain TCP and for TLS alike: a TLS
+//! connection first completes its handshake (in its own task, so a slow client never holds up
+//! the loop), then both serve HTTP/1.1 or HTTP/2 the same way, told apart by hyper-util from the
+//! first bytes (h2c with prior knowledge in plain text; over TLS the client sends the h2 preface
+//! exactly when ALPN chose `h2`). On shutdown the listener closes at once and open connections
+//! get a bounded grace period to finish their requests.
 
 use std::convert::Infallible;
 use std::io;
@@ -13,19 +16,30 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 
 use crate::conn::ConnInfo;
 use crate::proxy::Inner;
+use crate::tls::Tls;
 
 /// Pause after an accept error that is not about one connection (typically out of file
 /// descriptors), so the loop does not spin while the condition lasts.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
+/// What a listener speaks before HTTP.
+#[derive(Clone)]
+pub(crate) enum Transport {
+    Plain,
+    Tls(Arc<Tls>),
+}
+
 pub(crate) async fn serve(
     inner: Arc<Inner>,
+    transport: Transport,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> io::Result<()> {
@@ -33,8 +47,13 @@ pub(crate) async fn serve(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(inner.config.header_read_timeout);
-    builder.http2().timer(TokioTimer::new());
+        .header_read_timeout(inner.config.header_read_timeout)
+        // A request head must fit in the read buffer: larger ones get 431 from hyper.
+        .max_buf_size(crate::proxy::MAX_HEADER_BYTES);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(crate::proxy::MAX_HEADER_BYTES as u32);
     let builder = Arc::new(builder);
 
     let (stop, stopped) = watch::channel(());
@@ -45,9 +64,10 @@ pub(crate) async fn serve(
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    connections.spawn(serve_connection(
+                    connections.spawn(connection(
                         Arc::clone(&inner),
                         Arc::clone(&builder),
+                        transport.clone(),
                         stream,
                         peer,
                         stopped.clone(),
@@ -103,9 +123,10 @@ async fn on_accept_error(error: io::Error) {
     }
 }
 
-async fn serve_connection(
+async fn connection(
     inner: Arc<Inner>,
     builder: Arc<auto::Builder<TokioExecutor>>,
+    transport: Transport,
     stream: TcpStream,
     peer: SocketAddr,
     mut stop: watch::Receiver<()>,
@@ -113,8 +134,48 @@ async fn serve_connection(
     if let Err(error) = stream.set_nodelay(true) {
         tracing::debug!(%peer, %error, "failed to set TCP_NODELAY");
     }
-    let conn = Arc::new(ConnInfo::plain(peer));
-    let header_read_timeout = inner.config.header_read_timeout;
+    // One deadline from accept: the TLS handshake and the first request together must fit in
+    // the header read timeout, so a client that goes silent at any point before its first
+    // request cannot hold the socket.
+    let first_request_by = Instant::now() + inner.config.header_read_timeout;
+    match transport {
+        Transport::Plain => {
+            let conn = ConnInfo::plain(peer);
+            serve_connection(inner, builder, stream, conn, first_request_by, stop).await;
+        }
+        Transport::Tls(tls) => {
+            let handshake = tokio::select! {
+                handshake = tokio::time::timeout_at(first_request_by, tls.accept(stream, peer)) => handshake,
+                // Nothing was asked on this connection yet: nothing to finish.
+                _ = stop.changed() => return,
+            };
+            match handshake {
+                Ok(Some((stream, conn))) => {
+                    serve_connection(inner, builder, stream, conn, first_request_by, stop).await;
+                }
+                // Logged and counted by `accept`.
+                Ok(None) => {}
+                Err(_elapsed) => {
+                    tracing::debug!(%peer, "closing a connection that did not complete the TLS handshake in time");
+                    tls.count_failure();
+                }
+            }
+        }
+    }
+}
+
+async fn serve_connection<IO>(
+    inner: Arc<Inner>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    stream: IO,
+    conn: ConnInfo,
+    first_request_by: Instant,
+    mut stop: watch::Receiver<()>,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let peer = conn.peer;
+    let conn = Arc::new(conn);
     // hyper's header read timeout starts once HTTP/1 is detected; until then (and for an HTTP/2
     // connection that never sends a request) nothing bounds a silent client, so the connection
     // watches for its first request itself.
@@ -128,8 +189,9 @@ async fn serve_connection(
             async move { Ok::<_, Infallible>(inner.handle(request, &conn).await) }
         })
     };
-    let mut connection = pin!(builder.serve_connection(TokioIo::new(stream), service));
-    let mut first_request_deadline = pin!(tokio::time::sleep(header_read_timeout));
+    let mut connection =
+        pin!(builder.serve_connection_with_upgrades(TokioIo::new(stream), service));
+    let mut first_request_deadline = pin!(tokio::time::sleep_until(first_request_by));
     let mut waiting_for_first_request = true;
     let mut stopping = false;
     loop {

@@ -1,9 +1,11 @@
-//! Routing snapshots, PURE: which hostnames exist and which instances serve each of them.
+//! Routing snapshots, PURE: which hostnames exist, which instances serve each of them, and how
+//! one of them is picked for a request.
 //!
-//! The controller's view of the world (apps and observed instances) goes in; an immutable
-//! [`RouteTable`] comes out, which the front end swaps in atomically and reads on every request
-//! without a lock. The only mutable part is each app's round-robin cursor, an atomic, so picking
-//! a backend never blocks. No IO, no async runtime, no clock.
+//! The controller's view of the world (apps with their [`SiteConfig`] and observed instances)
+//! goes in; an immutable [`RouteTable`] comes out, which the front end swaps in atomically and
+//! reads on every request without a lock. The only mutable part is each app's round-robin
+//! cursor, an atomic, so picking a backend never blocks. Load (requests in flight) and
+//! randomness come in as arguments. No IO, no async runtime, no clock.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -11,7 +13,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use stamp_model::{AppName, InstanceId, InstanceState, ObservedInstance};
+use stamp_model::site::DEFAULT_MAX_UNHEALTHY_PERCENT;
+use stamp_model::{AppName, Balancing, InstanceId, InstanceState, ObservedInstance, SiteConfig};
 
 /// One instance in rotation: where the front end sends requests.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,23 +23,34 @@ pub struct Backend {
     pub addr: SocketAddr,
 }
 
-/// An app's backends and its round-robin cursor.
+/// An app's configuration, its backends and its round-robin cursor.
 #[derive(Debug)]
 pub struct AppRoute {
     pub app: AppName,
+    pub site: Arc<SiteConfig>,
     pub backends: Vec<Backend>,
+    /// Position in [`RouteTable::routes`], so the front end can keep per-app state in a plain
+    /// vector next to the table instead of hashing the name on every request.
+    index: usize,
     /// Counts picks; `cursor % len` is the next backend. Relaxed is enough: the cursor only
     /// spreads load, it orders nothing else.
     cursor: AtomicUsize,
 }
 
 impl AppRoute {
-    pub fn new(app: AppName, backends: Vec<Backend>) -> AppRoute {
+    pub fn new(app: AppName, site: Arc<SiteConfig>, backends: Vec<Backend>) -> AppRoute {
         AppRoute {
             app,
+            site,
             backends,
+            index: 0,
             cursor: AtomicUsize::new(0),
         }
+    }
+
+    /// Where this route is in its table's [`RouteTable::routes`].
+    pub fn index(&self) -> usize {
+        self.index
     }
 
     /// Round robin: successive calls return backends in order b0, b1, b2, b0, ...; `None` when
@@ -49,6 +63,45 @@ impl AppRoute {
         // fetch_add wraps on overflow; the order then skips once, which is harmless.
         let index = self.cursor.fetch_add(1, Ordering::Relaxed) % len;
         Some((index, &self.backends[index]))
+    }
+
+    /// Power of two choices over requests in flight: the round-robin candidate and a second,
+    /// different backend chosen with `random`; the second wins only when it has strictly fewer
+    /// requests in flight (`load(index)`), so ties, and an idle app, go round robin. `random`
+    /// is called only when there are more than two backends to choose from.
+    pub fn pick_least(
+        &self,
+        random: impl FnOnce() -> u64,
+        load: impl Fn(usize) -> usize,
+    ) -> Option<(usize, &Backend)> {
+        let (first, backend) = self.pick()?;
+        let len = self.backends.len();
+        let second = match len {
+            1 => return Some((first, backend)),
+            2 => 1 - first,
+            _ => {
+                // Any backend but `first`, uniformly: an offset in 1..len.
+                let offset = 1 + (random() % (len as u64 - 1)) as usize;
+                (first + offset) % len
+            }
+        };
+        if load(second) < load(first) {
+            Some((second, &self.backends[second]))
+        } else {
+            Some((first, backend))
+        }
+    }
+
+    /// Picks with the app's [`SiteConfig::balancing`].
+    pub fn pick_balanced(
+        &self,
+        random: impl FnOnce() -> u64,
+        load: impl Fn(usize) -> usize,
+    ) -> Option<(usize, &Backend)> {
+        match self.site.balancing {
+            Balancing::RoundRobin => self.pick(),
+            Balancing::LeastRequests => self.pick_least(random, load),
+        }
     }
 
     /// The backend after `index`, wrapping around; `None` when the app has no backend. Does not
@@ -72,32 +125,52 @@ pub enum Lookup<'a> {
     App(&'a AppRoute),
 }
 
-/// An immutable routing snapshot: `<app>.<domain>` → the app's ready web instances.
+/// An immutable routing snapshot: hosts → apps → ready, healthy web instances.
 #[derive(Debug)]
 pub struct RouteTable {
     /// Lowercase, without leading or trailing dots.
     domain: String,
-    /// Keyed by app name (the host's first label), so a lookup strips the domain and hashes once.
-    apps: HashMap<String, Arc<AppRoute>>,
+    routes: Vec<AppRoute>,
+    /// `<app>.<domain>`, keyed by the app label so a lookup strips the domain and hashes once.
+    by_label: HashMap<String, usize>,
+    /// Custom domains, exact.
+    by_domain: HashMap<String, usize>,
+    /// Wildcard custom domains `*.example.com`, keyed by `example.com`.
+    by_wildcard: HashMap<String, usize>,
 }
 
 impl RouteTable {
     /// A table that serves no app: every host is `NoSuchApp`.
     pub fn empty(domain: &str) -> RouteTable {
-        RouteTable {
-            domain: normalise_domain(domain),
-            apps: HashMap::new(),
-        }
+        RouteTable::build(domain, &[], &[])
     }
 
-    /// Hosts are `<app>.<domain>` for every app in `apps`. An app's backends are its observed
-    /// instances that are [`InstanceState::Ready`], of process type `web`, in slot `production`,
-    /// at `127.0.0.1:<port>`, ordered by worker index then instance id, so the round-robin order
-    /// is the same in every snapshot built from the same state. Instances of apps not in `apps`
-    /// are ignored (the app is being deleted, or the observation is stale).
-    pub fn build(domain: &str, apps: &[AppName], instances: &[ObservedInstance]) -> RouteTable {
-        let mut ready: HashMap<&AppName, Vec<&ObservedInstance>> =
-            apps.iter().map(|app| (app, Vec::new())).collect();
+    /// Hosts are `<app>.<domain>` for every app in `apps`, plus each app's custom domains
+    /// ([`SiteConfig::domains`]): exact names, and wildcards `*.example.com` that match one more
+    /// label (`www.example.com`, not `example.com` nor `a.b.example.com`). When two apps claim
+    /// the same custom domain, the first in `apps` gets it (the controller should not let that
+    /// happen); a later duplicate of an app name is ignored.
+    ///
+    /// An app's backends are its observed instances that are [`InstanceState::Ready`], of
+    /// process type `web`, in slot `production`, at `127.0.0.1:<port>`, ordered by worker index
+    /// then instance id, so the round-robin order is the same in every snapshot built from the
+    /// same state; minus unhealthy ones as Azure's health check removes them (see
+    /// [`unhealthy_to_exclude`]). Instances of apps not in `apps` are ignored (the app is being
+    /// deleted, or the observation is stale).
+    pub fn build(
+        domain: &str,
+        apps: &[(AppName, SiteConfig)],
+        instances: &[ObservedInstance],
+    ) -> RouteTable {
+        let mut index_of: HashMap<&AppName, usize> = HashMap::with_capacity(apps.len());
+        let mut sites: Vec<(&AppName, &SiteConfig)> = Vec::with_capacity(apps.len());
+        for (app, site) in apps {
+            if !index_of.contains_key(app) {
+                index_of.insert(app, sites.len());
+                sites.push((app, site));
+            }
+        }
+        let mut ready: Vec<Vec<&ObservedInstance>> = vec![Vec::new(); sites.len()];
         for instance in instances {
             let key = &instance.spec.key;
             if instance.state != InstanceState::Ready
@@ -106,33 +179,56 @@ impl RouteTable {
             {
                 continue;
             }
-            if let Some(list) = ready.get_mut(&key.app) {
-                list.push(instance);
+            if let Some(&index) = index_of.get(&key.app) {
+                ready[index].push(instance);
             }
         }
-        let apps = ready
-            .into_iter()
-            .map(|(app, mut list)| {
-                list.sort_by(|a, b| {
-                    (a.spec.key.worker.index, &a.id).cmp(&(b.spec.key.worker.index, &b.id))
-                });
-                let backends = list
-                    .into_iter()
-                    .map(|i| Backend {
-                        instance: i.id.clone(),
-                        addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), i.port),
-                    })
-                    .collect();
-                (
-                    app.as_str().to_string(),
-                    Arc::new(AppRoute::new(app.clone(), backends)),
-                )
-            })
-            .collect();
-        RouteTable {
+
+        let mut table = RouteTable {
             domain: normalise_domain(domain),
-            apps,
+            routes: Vec::with_capacity(sites.len()),
+            by_label: HashMap::with_capacity(sites.len()),
+            by_domain: HashMap::new(),
+            by_wildcard: HashMap::new(),
+        };
+        for (index, ((app, site), mut list)) in sites.into_iter().zip(ready).enumerate() {
+            list.sort_by(|a, b| {
+                (a.spec.key.worker.index, &a.id).cmp(&(b.spec.key.worker.index, &b.id))
+            });
+            let max_percent = site
+                .health_check
+                .as_ref()
+                .map_or(DEFAULT_MAX_UNHEALTHY_PERCENT, |h| h.max_unhealthy_percent);
+            let unhealthy = list.iter().filter(|i| !i.healthy).count();
+            let mut exclude = unhealthy_to_exclude(list.len(), unhealthy, max_percent);
+            let backends = list
+                .into_iter()
+                .filter(|i| {
+                    if !i.healthy && exclude > 0 {
+                        exclude -= 1;
+                        return false;
+                    }
+                    true
+                })
+                .map(|i| Backend {
+                    instance: i.id.clone(),
+                    addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), i.port),
+                })
+                .collect();
+            table.by_label.insert(app.as_str().to_string(), index);
+            for name in &site.domains {
+                let name = normalise_domain(name);
+                let (map, key) = match name.strip_prefix("*.") {
+                    Some(parent) => (&mut table.by_wildcard, parent.to_string()),
+                    None => (&mut table.by_domain, name),
+                };
+                map.entry(key).or_insert(index);
+            }
+            let mut route = AppRoute::new(app.clone(), Arc::new(site.clone()), backends);
+            route.index = index;
+            table.routes.push(route);
         }
+        table
     }
 
     /// The domain apps are served under (lowercase, no trailing dot).
@@ -141,36 +237,65 @@ impl RouteTable {
     }
 
     /// Resolves a Host header (or URI authority). Case-insensitive; a port
-    /// (`hello.localhost:8080`) and a trailing dot are ignored. IPv6 literals, IP addresses,
-    /// hosts outside the domain and anything malformed are `NoSuchApp`.
+    /// (`hello.localhost:8080`) and a trailing dot are ignored. `<app>.<domain>` first, then an
+    /// exact custom domain, then a wildcard one. IPv6 literals, IP addresses, unknown hosts and
+    /// anything malformed are `NoSuchApp`.
     pub fn lookup(&self, host: &str) -> Lookup<'_> {
-        let Some(label) = app_label(host, &self.domain) else {
-            return Lookup::NoSuchApp;
-        };
-        match self.apps.get(label.as_ref()) {
-            Some(route) => Lookup::App(route),
+        match self.find(host) {
+            Some(index) => Lookup::App(&self.routes[index]),
             None => Lookup::NoSuchApp,
         }
     }
 
-    /// Every app route in this snapshot, in no particular order.
-    pub fn apps(&self) -> impl Iterator<Item = &AppRoute> {
-        self.apps.values().map(|r| &**r)
+    fn find(&self, host: &str) -> Option<usize> {
+        let name = lowercase(host_name(host)?);
+        if let Some(label) = name
+            .strip_suffix(self.domain.as_str())
+            .and_then(|rest| rest.strip_suffix('.'))
+            && is_label(label)
+            && let Some(&index) = self.by_label.get(label)
+        {
+            return Some(index);
+        }
+        if self.by_domain.is_empty() && self.by_wildcard.is_empty() {
+            return None;
+        }
+        if let Some(&index) = self.by_domain.get(name.as_ref()) {
+            return Some(index);
+        }
+        let (label, parent) = name.split_once('.')?;
+        if !is_label(label) {
+            return None;
+        }
+        self.by_wildcard.get(parent).copied()
+    }
+
+    /// Every app route, in the order of the `apps` given to [`RouteTable::build`];
+    /// `routes()[r.index()]` is `r`.
+    pub fn routes(&self) -> &[AppRoute] {
+        &self.routes
     }
 
     /// Every backend in this snapshot (an address appears once per app that routes to it).
     pub fn backends(&self) -> impl Iterator<Item = &Backend> {
-        self.apps.values().flat_map(|r| r.backends.iter())
+        self.routes.iter().flat_map(|r| r.backends.iter())
     }
 }
 
-fn normalise_domain(domain: &str) -> String {
-    domain.trim_matches('.').to_ascii_lowercase()
+/// How many of an app's `total` backends Azure's health check takes out of rotation when
+/// `unhealthy` of them fail: at most `max_percent` of them (rounded down), and none when all
+/// fail, so a single instance is never removed and an app is never left with nothing to serve.
+pub fn unhealthy_to_exclude(total: usize, unhealthy: usize, max_percent: u32) -> usize {
+    if unhealthy >= total {
+        return 0;
+    }
+    let cap = total.saturating_mul(max_percent.min(100) as usize) / 100;
+    unhealthy.min(cap)
 }
 
-/// The app label of `host` under `domain`, lowercased, or `None` when the host is not
-/// `<label>.<domain>[.][:port]`. Allocates only when the host has uppercase letters.
-fn app_label<'h>(host: &'h str, domain: &str) -> Option<Cow<'h, str>> {
+/// The name part of a Host header: without a port and a trailing dot, in the case it was sent.
+/// `None` for IPv6 literals, an empty name, or a malformed port.
+pub fn host_name(host: &str) -> Option<&str> {
     // IPv6 literals (`[::1]:80`) are never app hosts.
     if host.starts_with('[') {
         return None;
@@ -185,29 +310,44 @@ fn app_label<'h>(host: &'h str, domain: &str) -> Option<Cow<'h, str>> {
         }
     };
     let name = name.strip_suffix('.').unwrap_or(name);
-    let (label, rest) = name.split_once('.')?;
-    if !rest.eq_ignore_ascii_case(domain) || label.is_empty() {
-        return None;
-    }
-    if !label
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-    {
-        return None;
-    }
-    if label.bytes().any(|b| b.is_ascii_uppercase()) {
-        Some(Cow::Owned(label.to_ascii_lowercase()))
+    (!name.is_empty()).then_some(name)
+}
+
+fn normalise_domain(domain: &str) -> String {
+    domain.trim_matches('.').to_ascii_lowercase()
+}
+
+/// Allocates only when the name has uppercase letters.
+fn lowercase(name: &str) -> Cow<'_, str> {
+    if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(name.to_ascii_lowercase())
     } else {
-        Some(Cow::Borrowed(label))
+        Cow::Borrowed(name)
     }
+}
+
+fn is_label(label: &str) -> bool {
+    !label.is_empty()
+        && label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use stamp_model::HealthCheck;
+    use stamp_model::site::DEFAULT_HEALTH_INTERVAL;
 
     fn app(name: &str) -> AppName {
         AppName::parse(name).expect("valid app name")
+    }
+
+    fn plain(names: &[&str]) -> Vec<(AppName, SiteConfig)> {
+        names
+            .iter()
+            .map(|n| (app(n), SiteConfig::default()))
+            .collect()
     }
 
     fn instance(
@@ -223,10 +363,18 @@ mod tests {
         stamp_model::fixtures::observed(id, spec, state, port)
     }
 
+    fn ids(route: &AppRoute) -> Vec<String> {
+        route
+            .backends
+            .iter()
+            .map(|b| b.instance.0.clone())
+            .collect()
+    }
+
     /// Builds a table for apps `hello` and `world` and checks each app's backends
     /// (`instance@port`, in round-robin order).
     fn check_build(instances: &[ObservedInstance], expected: &[(&str, &[&str])]) {
-        let table = RouteTable::build("localhost", &[app("hello"), app("world")], instances);
+        let table = RouteTable::build("localhost", &plain(&["hello", "world"]), instances);
         for (name, want) in expected {
             let Lookup::App(route) = table.lookup(&format!("{name}.localhost")) else {
                 panic!("{name} should be routed");
@@ -279,7 +427,7 @@ mod tests {
     fn build_ignores_instances_of_unknown_apps() {
         let table = RouteTable::build(
             "localhost",
-            &[app("hello")],
+            &plain(&["hello"]),
             &[instance(
                 "gone",
                 "g",
@@ -294,9 +442,120 @@ mod tests {
         assert_eq!(table.backends().count(), 0);
     }
 
+    #[test]
+    fn routes_carry_their_site_and_index() {
+        let site = SiteConfig {
+            https_only: true,
+            ..SiteConfig::default()
+        };
+        let table = RouteTable::build(
+            "localhost",
+            &[
+                (app("a"), SiteConfig::default()),
+                (app("b"), site.clone()),
+                (app("a"), site),
+            ],
+            &[],
+        );
+        assert_eq!(table.routes().len(), 2, "the duplicate is ignored");
+        for (position, route) in table.routes().iter().enumerate() {
+            assert_eq!(route.index(), position);
+        }
+        let Lookup::App(b) = table.lookup("b.localhost") else {
+            panic!("b is routed");
+        };
+        assert!(b.site.https_only);
+        assert_eq!(b.index(), 1);
+        let Lookup::App(a) = table.lookup("a.localhost") else {
+            panic!("a is routed");
+        };
+        assert!(!a.site.https_only, "the first entry of a name wins");
+    }
+
+    /// `(total, unhealthy, max percent) -> excluded`.
+    fn check_exclude(total: usize, unhealthy: usize, percent: u32, expected: usize) {
+        assert_eq!(
+            unhealthy_to_exclude(total, unhealthy, percent),
+            expected,
+            "{total} instances, {unhealthy} unhealthy, {percent} %"
+        );
+    }
+
+    #[test]
+    fn unhealthy_exclusion_follows_azure() {
+        for (total, unhealthy, percent, expected) in [
+            // Azure's example.
+            (4, 3, 50, 2),
+            (4, 4, 50, 0),
+            (4, 1, 50, 1),
+            (4, 2, 50, 2),
+            (1, 1, 100, 0),
+            (1, 0, 50, 0),
+            (2, 1, 50, 1),
+            (2, 1, 49, 0),
+            (3, 1, 50, 1),
+            (3, 2, 50, 1),
+            (3, 1, 10, 0),
+            (10, 9, 100, 9),
+            (10, 10, 100, 0),
+            (10, 3, 20, 2),
+            (0, 0, 50, 0),
+        ] {
+            check_exclude(total, unhealthy, percent, expected);
+        }
+    }
+
+    fn observed_health(id: &str, worker: u32, healthy: bool) -> ObservedInstance {
+        let mut i = instance(
+            "hello",
+            id,
+            worker,
+            InstanceState::Ready,
+            "web",
+            "production",
+            4000 + worker as u16,
+        );
+        i.healthy = healthy;
+        i
+    }
+
+    #[test]
+    fn build_removes_the_first_unhealthy_backends_up_to_the_cap() {
+        let check = |health: &[bool], percent: Option<u32>, expected: &[&str]| {
+            let site = SiteConfig {
+                health_check: percent.map(|p| HealthCheck {
+                    path: "/healthz".into(),
+                    interval: DEFAULT_HEALTH_INTERVAL,
+                    unhealthy_after: 2,
+                    max_unhealthy_percent: p,
+                }),
+                ..SiteConfig::default()
+            };
+            let instances: Vec<_> = health
+                .iter()
+                .enumerate()
+                .map(|(i, &h)| observed_health(&format!("i{i}"), i as u32, h))
+                .collect();
+            let table = RouteTable::build("localhost", &[(app("hello"), site)], &instances);
+            assert_eq!(ids(&table.routes()[0]), expected, "{health:?} {percent:?}");
+        };
+        check(&[false, false, true, false], Some(50), &["i2", "i3"]);
+        check(&[true, false, false, false], Some(50), &["i0", "i3"]);
+        check(
+            &[false, false, false, false],
+            Some(50),
+            &["i0", "i1", "i2", "i3"],
+        );
+        check(&[false], Some(100), &["i0"]);
+        check(&[true, false], Some(100), &["i0"]);
+        check(&[true, false, false], Some(10), &["i0", "i1", "i2"]);
+        // Without a configured check, Azure's default share applies.
+        check(&[false, true], None, &["i1"]);
+    }
+
     /// Looks `host` up in a table with app `hello` under `domain`; `expected` is whether it routes.
     fn check_lookup(domain: &str, host: &str, expected: bool) {
-        let table = RouteTable::build(domain, &[app("hello")], &[]);
+        let table = RouteTable::build(domain, &plain(&["hello"]), &[]);
         let got = matches!(table.lookup(host), Lookup::App(r) if r.app.as_str() == "hello");
         assert_eq!(got, expected, "lookup({host:?}) under {domain:?}");
     }
@@ -329,14 +588,79 @@ mod tests {
             ("localhost", "", false),
             ("localhost", "hel lo.localhost", false),
             ("localhost", "hello.localhost/x", false),
+            ("localhost", "xhello.localhost", false),
         ] {
             check_lookup(domain, host, expected);
         }
     }
 
-    fn three() -> AppRoute {
+    #[test]
+    fn custom_domains_exact_and_wildcard() {
+        let site = |domains: &[&str]| SiteConfig {
+            domains: domains.iter().map(|d| d.to_string()).collect(),
+            ..SiteConfig::default()
+        };
+        let table = RouteTable::build(
+            "localhost",
+            &[
+                (
+                    app("shop"),
+                    site(&["shop.example.com", "*.shop.example.com"]),
+                ),
+                (app("blog"), site(&["*.example.com", "example.org"])),
+                (app("thief"), site(&["shop.example.com", "blog.localhost"])),
+            ],
+            &[],
+        );
+        for (host, expected) in [
+            ("shop.example.com", Some("shop")),
+            ("SHOP.example.com:443", Some("shop")),
+            ("shop.example.com.", Some("shop")),
+            ("www.shop.example.com", Some("shop")),
+            ("a.b.shop.example.com", None),
+            // Exact beats wildcard.
+            ("www.example.com", Some("blog")),
+            ("example.com", None),
+            ("a.b.example.com", None),
+            ("example.org", Some("blog")),
+            ("www.example.org", None),
+            ("blog.localhost", Some("blog")),
+            ("thief.localhost", Some("thief")),
+            ("-.x.example.com", None),
+            ("_x.example.com", None),
+            ("[::1]", None),
+        ] {
+            let got = match table.lookup(host) {
+                Lookup::App(route) => Some(route.app.as_str()),
+                Lookup::NoSuchApp => None,
+            };
+            assert_eq!(got, expected, "{host}");
+        }
+    }
+
+    #[test]
+    fn host_name_strips_port_and_dot() {
+        for (host, expected) in [
+            ("a.b", Some("a.b")),
+            ("A.b:80", Some("A.b")),
+            ("a.b.:80", Some("a.b")),
+            ("a.b:", None),
+            ("a.b:x", None),
+            ("[::1]:80", None),
+            ("", None),
+            (":80", None),
+        ] {
+            assert_eq!(host_name(host), expected, "{host:?}");
+        }
+    }
+
+    fn three(balancing: Balancing) -> AppRoute {
         AppRoute::new(
             app("hello"),
+            Arc::new(SiteConfig {
+                balancing,
+                ..SiteConfig::default()
+            }),
             (0..3)
                 .map(|i| Backend {
                     instance: InstanceId(format!("b{i}")),
@@ -346,9 +670,13 @@ mod tests {
         )
     }
 
+    fn empty() -> AppRoute {
+        AppRoute::new(app("empty"), Arc::new(SiteConfig::default()), vec![])
+    }
+
     #[test]
     fn pick_is_round_robin() {
-        let route = three();
+        let route = three(Balancing::RoundRobin);
         let picks: Vec<String> = (0..9)
             .map(|_| {
                 let (index, backend) = route.pick().expect("has backends");
@@ -360,19 +688,78 @@ mod tests {
             picks,
             ["b0", "b1", "b2", "b0", "b1", "b2", "b0", "b1", "b2"]
         );
-        assert!(AppRoute::new(app("empty"), vec![]).pick().is_none());
+        assert!(empty().pick().is_none());
+    }
+
+    #[test]
+    fn pick_least_prefers_the_less_loaded_of_two_and_ties_go_round_robin() {
+        let route = three(Balancing::LeastRequests);
+        // Idle: exactly round robin, whatever the random candidate.
+        let picks: Vec<usize> = (0..6)
+            .map(|i| route.pick_least(|| i, |_| 0).expect("has backends").0)
+            .collect();
+        assert_eq!(picks, [0, 1, 2, 0, 1, 2]);
+
+        // b1 is busy: when it is the round-robin candidate, the other candidate wins.
+        let load = |i: usize| if i == 1 { 5 } else { 0 };
+        for random in 0..4 {
+            let route = three(Balancing::LeastRequests);
+            let picks: Vec<usize> = (0..30)
+                .map(|_| route.pick_least(|| random, load).expect("has backends").0)
+                .collect();
+            assert!(!picks.contains(&1), "random {random}: {picks:?}");
+        }
+
+        // The second candidate is never the first: with random offsets 0 and 1 from b0, the
+        // candidates are b1 and b2.
+        let seen: Vec<usize> = [0u64, 1]
+            .iter()
+            .map(|&r| {
+                let route = three(Balancing::LeastRequests);
+                route
+                    .pick_least(|| r, |i| usize::from(i == 0))
+                    .expect("some")
+                    .0
+            })
+            .collect();
+        assert_eq!(seen, [1, 2]);
+
+        // Two backends: no randomness needed, the other one is the second candidate.
+        let two = AppRoute::new(
+            app("two"),
+            Arc::new(SiteConfig::default()),
+            three(Balancing::LeastRequests).backends[..2].to_vec(),
+        );
+        let picks: Vec<usize> = (0..4)
+            .map(|_| {
+                two.pick_least(|| panic!("not needed"), |i| usize::from(i == 0))
+                    .expect("some")
+                    .0
+            })
+            .collect();
+        assert_eq!(picks, [1, 1, 1, 1]);
+        assert!(empty().pick_least(|| 0, |_| 0).is_none());
+    }
+
+    #[test]
+    fn pick_balanced_follows_the_site() {
+        let load = |i: usize| if i == 0 { 9 } else { 0 };
+        let rr = three(Balancing::RoundRobin);
+        assert_eq!(rr.pick_balanced(|| 0, load).map(|p| p.0), Some(0));
+        let least = three(Balancing::LeastRequests);
+        assert_eq!(least.pick_balanced(|| 0, load).map(|p| p.0), Some(1));
     }
 
     #[test]
     fn next_after_wraps_and_leaves_the_cursor_alone() {
-        let route = three();
+        let route = three(Balancing::RoundRobin);
         for (index, expected) in [(0, 1), (1, 2), (2, 0)] {
             let (next, backend) = route.next_after(index).expect("has backends");
             assert_eq!(next, expected);
             assert_eq!(backend.instance.0, format!("b{expected}"));
         }
         assert_eq!(route.pick().map(|(i, _)| i), Some(0));
-        assert!(AppRoute::new(app("empty"), vec![]).next_after(0).is_none());
+        assert!(empty().next_after(0).is_none());
     }
 
     #[test]
@@ -380,7 +767,7 @@ mod tests {
         use InstanceState::Ready;
         let table = RouteTable::build(
             "localhost",
-            &[app("hello"), app("world")],
+            &plain(&["hello", "world"]),
             &[
                 instance("hello", "a", 0, Ready, "web", "production", 1),
                 instance("hello", "b", 1, Ready, "web", "production", 2),

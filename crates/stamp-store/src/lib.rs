@@ -640,7 +640,10 @@ impl Store {
     /// Makes `sha256` the only token of `role` (a regenerated admin token revokes the old one).
     pub fn replace_tokens(&self, role: &str, sha256: &str, created_at: Millis) -> Result<()> {
         self.tx(|tx| {
-            tx.execute("DELETE FROM tokens WHERE role = ?1 AND sha256 != ?2", params![role, sha256])?;
+            tx.execute(
+                "DELETE FROM tokens WHERE role = ?1 AND sha256 != ?2",
+                params![role, sha256],
+            )?;
             tx.execute(
                 "INSERT OR IGNORE INTO tokens (sha256, role, created_at) VALUES (?1, ?2, ?3)",
                 params![sha256, role, created_at.0],
@@ -760,7 +763,10 @@ mod tests {
         assert_eq!(s.token_role("def").unwrap().as_deref(), Some("owner"));
         let digest = Digest::parse(&"b".repeat(64)).unwrap();
         assert!(s.artifact_in_use(&digest).unwrap());
-        assert!(!s.artifact_in_use(&Digest::parse(&"c".repeat(64)).unwrap()).unwrap());
+        assert!(
+            !s.artifact_in_use(&Digest::parse(&"c".repeat(64)).unwrap())
+                .unwrap()
+        );
     }
 
     #[test]

@@ -292,7 +292,11 @@ pub async fn run(global: &Global, command: Command) -> anyhow::Result<()> {
                             i.process_type.clone(),
                             i.worker.clone(),
                             format!("v{}", i.release),
-                            i.state.clone(),
+                            if i.healthy {
+                                i.state.clone()
+                            } else {
+                                format!("{} (unhealthy)", i.state)
+                            },
                             i.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
                             i.port.to_string(),
                             age(i.started_at),
@@ -554,9 +558,8 @@ fn site_rows(a: &wire::AppView) {
 }
 
 async fn cert(c: &Client, out: Output, cmd: CertCmd) -> anyhow::Result<()> {
-    let read = |p: &Path| {
-        std::fs::read_to_string(p).with_context(|| format!("read {}", p.display()))
-    };
+    let read =
+        |p: &Path| std::fs::read_to_string(p).with_context(|| format!("read {}", p.display()));
     let list = match cmd {
         CertCmd::Upload { app, cert, key } => {
             let req = wire::UploadCertificate {

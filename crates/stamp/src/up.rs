@@ -31,6 +31,11 @@ pub struct UpArgs {
     /// Address of the front end (HTTP); apps are served here.
     #[arg(long, default_value = "0.0.0.0:8080")]
     http: SocketAddr,
+    /// Address of the front end (HTTPS, SNI): the default certificate is a self-signed
+    /// `*.<domain>` in <data dir>/tls (replace the files to use your own), plus the
+    /// certificates uploaded per app.
+    #[arg(long, default_value = "0.0.0.0:8443")]
+    https: SocketAddr,
     /// Apps are reachable at <app>.<domain>.
     #[arg(long, default_value = "localhost")]
     domain: String,
@@ -40,6 +45,10 @@ pub struct UpArgs {
     /// Memory in MiB this node offers to workers [default: the machine's memory].
     #[arg(long)]
     node_memory_mib: Option<u32>,
+    /// A proxy or load balancer in front of Stamp (CIDR, repeatable): only from these
+    /// addresses is `X-Forwarded-For` trusted to name the client.
+    #[arg(long = "trusted-proxy", value_name = "CIDR")]
+    trusted_proxies: Vec<ipnet::IpNet>,
     /// Largest deploy upload accepted, in MiB.
     #[arg(long, default_value_t = 512)]
     max_upload_mib: u64,
@@ -49,6 +58,43 @@ pub struct UpArgs {
 pub const API_URL_FILE: &str = "api-url";
 pub const HTTP_URL_FILE: &str = "http-url";
 pub const TOKEN_FILE: &str = "admin-token";
+pub const HTTPS_URL_FILE: &str = "https-url";
+
+/// The key that signs affinity cookies: kept so cookies stay valid across restarts.
+fn affinity_key(data: &Path) -> anyhow::Result<[u8; 32]> {
+    let path = data.join("affinity-key");
+    if let Ok(text) = std::fs::read_to_string(&path)
+        && let Ok(bytes) = hex::decode(text.trim())
+        && let Ok(key) = <[u8; 32]>::try_from(bytes.as_slice())
+    {
+        return Ok(key);
+    }
+    let key: [u8; 32] = rand::random();
+    write_file(&path, &hex::encode(key), 0o600)?;
+    Ok(key)
+}
+
+/// The front end's default certificate: made on first start, kept so clients can trust it.
+fn default_certificate(
+    data: &Path,
+    domain: &str,
+    clock: &dyn WallClock,
+) -> anyhow::Result<(String, String)> {
+    let dir = data.join("tls");
+    std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    let (cert_path, key_path) = (dir.join("default.crt"), dir.join("default.key"));
+    if !cert_path.exists() || !key_path.exists() {
+        let (cert, key) = stamp_frontend::tls::self_signed(domain, clock.now())
+            .context("make the default self-signed certificate")?;
+        write_file(&key_path, &key, 0o600)?;
+        write_file(&cert_path, &cert, 0o644)?;
+    }
+    let cert = std::fs::read_to_string(&cert_path)
+        .with_context(|| format!("read {}", cert_path.display()))?;
+    let key = std::fs::read_to_string(&key_path)
+        .with_context(|| format!("read {}", key_path.display()))?;
+    Ok((cert, key))
+}
 
 struct AgentNode(WorkerAgent);
 
@@ -67,14 +113,19 @@ impl FrontEnd for FrontendLink {
     fn set_routes(&self, table: RouteTable) {
         self.0.set_routes(table);
     }
-    fn set_certificates(&self, _certs: &[Certificate]) {
-        // WIRE: Frontend::set_certificates once TLS lands.
+    fn set_certificates(&self, certs: &[Certificate]) {
+        self.0.set_certificates(certs);
     }
-    fn render_metrics(&self, _out: &mut String) {
-        // WIRE: Frontend::render_metrics once metrics land.
+    fn render_metrics(&self, out: &mut String) {
+        self.0.render_metrics(out);
     }
-    fn inspect_certificate(&self, _cert_pem: &str, _key_pem: &str) -> Result<CertSummary, String> {
-        Err("WIRE".into())
+    fn inspect_certificate(&self, cert_pem: &str, key_pem: &str) -> Result<CertSummary, String> {
+        let info = stamp_frontend::tls::inspect(cert_pem, key_pem).map_err(|e| e.to_string())?;
+        Ok(CertSummary {
+            thumbprint: info.thumbprint,
+            hostnames: info.hostnames,
+            not_after: info.not_after,
+        })
     }
 }
 
@@ -198,13 +249,29 @@ pub async fn run(global: &Global, args: UpArgs) -> anyhow::Result<()> {
     let http_listener = TcpListener::bind(args.http)
         .await
         .with_context(|| format!("listen on {} for apps (--http)", args.http))?;
+    let https_listener = TcpListener::bind(args.https)
+        .await
+        .with_context(|| format!("listen on {} for apps over HTTPS (--https)", args.https))?;
     let api_addr = api_listener.local_addr()?;
     let http_addr = http_listener.local_addr()?;
+    let https_addr = https_listener.local_addr()?;
 
     let frontend = Frontend::new(FrontendConfig {
         domain: args.domain.clone(),
+        https_port: Some(https_addr.port()),
+        affinity_key: Some(affinity_key(&data)?),
+        trusted_proxies: args.trusted_proxies.clone(),
         ..FrontendConfig::default()
     });
+    let (cert, key) = default_certificate(&data, &args.domain, clock.as_ref())?;
+    frontend
+        .set_default_certificate(&cert, &key)
+        .with_context(|| {
+            format!(
+                "load the default certificate from {} (replace or delete the files in it)",
+                data.join("tls").display()
+            )
+        })?;
     let drained = {
         let f = frontend.clone();
         Arc::new(move |addr| f.is_drained(addr))
@@ -250,6 +317,11 @@ pub async fn run(global: &Global, args: UpArgs) -> anyhow::Result<()> {
         let stop = stopped(stop_rx.clone());
         async move { f.serve(http_listener, stop).await }
     });
+    let https_task = tokio::spawn({
+        let f = frontend.clone();
+        let stop = stopped(stop_rx.clone());
+        async move { f.serve_tls(https_listener, stop).await }
+    });
     let api_task = tokio::spawn({
         let app = stamp_controller::api::router(controller.clone());
         let stop = stopped(stop_rx.clone());
@@ -261,11 +333,19 @@ pub async fn run(global: &Global, args: UpArgs) -> anyhow::Result<()> {
     });
 
     let api_url = format!("http://{api_addr}");
-    let shown_http = if http_addr.ip().is_unspecified() {
-        SocketAddr::from(([127, 0, 0, 1], http_addr.port()))
-    } else {
-        http_addr
+    let loopback = |a: SocketAddr| {
+        if a.ip().is_unspecified() {
+            SocketAddr::from(([127, 0, 0, 1], a.port()))
+        } else {
+            a
+        }
     };
+    let shown_http = loopback(http_addr);
+    write_file(
+        &data.join(HTTPS_URL_FILE),
+        &format!("https://{}", loopback(https_addr)),
+        0o644,
+    )?;
     write_file(&data.join(API_URL_FILE), &api_url, 0o644)?;
     write_file(
         &data.join(HTTP_URL_FILE),
@@ -283,7 +363,7 @@ pub async fn run(global: &Global, args: UpArgs) -> anyhow::Result<()> {
         data.join(TOKEN_FILE).display()
     );
     println!(
-        "  apps            http://<app>.{}{port}  (front end on {http_addr})",
+        "  apps            http://<app>.{}{port}  (front end on {http_addr}, HTTPS on {https_addr})",
         args.domain
     );
     println!(
@@ -299,15 +379,19 @@ pub async fn run(global: &Global, args: UpArgs) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     // The front end finishes in-flight requests (bounded by its shutdown grace) before the
     // instances serving them get SIGTERM.
-    match frontend_task.await {
-        Ok(Err(e)) => tracing::warn!("front end stopped with an error: {e:#}"),
-        Err(e) => tracing::warn!("front end task failed: {e}"),
-        Ok(Ok(())) => {}
+    for task in [frontend_task, https_task] {
+        match task.await {
+            Ok(Err(e)) => tracing::warn!("front end stopped with an error: {e:#}"),
+            Err(e) => tracing::warn!("front end task failed: {e}"),
+            Ok(Ok(())) => {}
+        }
     }
     agent.shutdown().await;
     match tokio::time::timeout(API_SHUTDOWN_GRACE, api_task).await {
         Ok(Ok(Err(e))) => tracing::warn!("API server stopped with an error: {e:#}"),
-        Err(_) => tracing::warn!("API connections still open after {API_SHUTDOWN_GRACE:?}; closing"),
+        Err(_) => {
+            tracing::warn!("API connections still open after {API_SHUTDOWN_GRACE:?}; closing")
+        }
         _ => {}
     }
     routes_task.abort();

@@ -27,11 +27,19 @@ struct Stamp {
 
 impl Stamp {
     async fn start(data: &Path, extra: &[&str]) -> Stamp {
-        for f in ["api-url", "http-url"] {
+        for f in ["api-url", "http-url", "https-url"] {
             let _ = std::fs::remove_file(data.join(f));
         }
         let mut cmd = Command::new(BIN);
-        cmd.args(["up", "--api", "127.0.0.1:0", "--http", "127.0.0.1:0"]);
+        cmd.args([
+            "up",
+            "--api",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+            "--https",
+            "127.0.0.1:0",
+        ]);
         if !extra.contains(&"--node-cpus") {
             // This machine may have fewer cores than three B1 workers need.
             cmd.args(["--node-cpus", "8"]);
@@ -682,5 +690,357 @@ async fn acknowledged_changes_survive_kill_9_and_logs_follow() {
     assert_eq!(settings, serde_json::json!({"B": "two words"}));
     let releases = s.json(&["releases", "hello"]).await;
     assert_eq!(releases.as_array().unwrap().len(), 2, "{releases:#}");
+    s.stop().await;
+}
+
+/// Issue 3 through the real binary: front-end settings from the CLI reach the front end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn front_end_settings_from_the_cli() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let s = Stamp::start(&data, &[]).await;
+    let hello = hello_dir();
+    s.ok(&["plan", "create", "p", "--sku", "S1", "--workers", "2"])
+        .await;
+    s.ok(&["app", "create", "hello", "--plan", "p"]).await;
+    s.ok(&["app", "create", "other", "--plan", "p"]).await;
+    s.ok(&["deploy", hello.to_str().unwrap(), "--app", "hello"])
+        .await;
+    let client = reqwest::Client::builder()
+        .resolve("hello.localhost", s.http)
+        .resolve("www.example.com", s.http)
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let port = s.http.port();
+
+    // Custom domain: requests for it reach the app; it belongs to one app at most.
+    s.ok(&["domain", "add", "hello", "www.example.com"]).await;
+    let r = client
+        .get(format!("http://www.example.com:{port}/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("hello from hello-web"));
+    let err = s
+        .fails(&["domain", "add", "other", "www.example.com"])
+        .await;
+    assert!(err.contains("already belongs to another app"), "{err}");
+    let err = s.fails(&["domain", "add", "other", "Not A Domain"]).await;
+    assert!(err.contains("not a custom domain"), "{err}");
+    assert_eq!(
+        s.json(&["domain", "list", "hello"]).await,
+        serde_json::json!(["www.example.com"])
+    );
+
+    // Headers the instance sees.
+    let r = client
+        .get(format!("http://hello.localhost:{port}/headers?x=1"))
+        .header("X-Forwarded-For", "6.6.6.6")
+        .send()
+        .await
+        .unwrap();
+    let seen = r.text().await.unwrap().to_ascii_lowercase();
+    assert!(seen.contains("x-forwarded-proto: http\n"), "{seen}");
+    assert!(seen.contains("x-forwarded-host: hello.localhost"), "{seen}");
+    assert!(seen.contains("x-original-url: /headers?x=1"), "{seen}");
+    assert!(seen.contains("x-forwarded-for: 127.0.0.1"), "{seen}");
+    assert!(
+        !seen.contains("6.6.6.6"),
+        "spoofed X-Forwarded-For reached the app: {seen}"
+    );
+
+    // Affinity on by default: the cookie pins the client to one instance.
+    let r = client
+        .get(format!("http://hello.localhost:{port}/"))
+        .send()
+        .await
+        .unwrap();
+    let cookie = r
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .find(|c| c.starts_with("ARRAffinity="))
+        .expect("affinity cookie");
+    let pinned = instance_of(&r.text().await.unwrap());
+    let pair = cookie.split(';').next().unwrap().to_string();
+    for _ in 0..6 {
+        let r = client
+            .get(format!("http://hello.localhost:{port}/"))
+            .header("Cookie", &pair)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(instance_of(&r.text().await.unwrap()), pinned);
+    }
+    s.ok(&["app", "update", "hello", "--client-affinity", "false"])
+        .await;
+    let r = client
+        .get(format!("http://hello.localhost:{port}/"))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.headers().get("set-cookie").is_none());
+
+    // Access restrictions: deny loopback → 403; a higher-priority allow wins; removing restores.
+    s.ok(&[
+        "access",
+        "add",
+        "hello",
+        "--priority",
+        "200",
+        "--deny",
+        "127.0.0.0/8",
+        "--name",
+        "block",
+    ])
+    .await;
+    let r = client
+        .get(format!("http://hello.localhost:{port}/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(r.headers()["x-stamp-error"], "access-denied");
+    s.ok(&[
+        "access",
+        "add",
+        "hello",
+        "--priority",
+        "100",
+        "--allow",
+        "127.0.0.1",
+        "--name",
+        "me",
+    ])
+    .await;
+    let r = client
+        .get(format!("http://hello.localhost:{port}/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let rules = s.json(&["access", "list", "hello"]).await;
+    assert_eq!(rules[0]["name"], "me", "{rules:#}");
+    let err = s
+        .fails(&[
+            "access",
+            "add",
+            "hello",
+            "--priority",
+            "5",
+            "--allow",
+            "not-an-ip",
+        ])
+        .await;
+    assert!(err.contains("not an IP network"), "{err}");
+    s.ok(&["access", "remove", "hello", "me"]).await;
+    s.ok(&["access", "remove", "hello", "block"]).await;
+    let r = client
+        .get(format!("http://hello.localhost:{port}/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    // HTTPS only: plain HTTP is redirected with 301.
+    s.ok(&["app", "update", "hello", "--https-only", "true"])
+        .await;
+    let r = client
+        .get(format!("http://hello.localhost:{port}/a?b=1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 301);
+    let location = r.headers()["location"].to_str().unwrap().to_string();
+    assert!(
+        location.starts_with("https://hello.localhost"),
+        "{location}"
+    );
+    assert!(location.ends_with("/a?b=1"), "{location}");
+    s.ok(&["app", "update", "hello", "--https-only", "false"])
+        .await;
+
+    // Bad values are refused and change nothing.
+    let err = s
+        .fails(&[
+            "app",
+            "update",
+            "hello",
+            "--health-path",
+            "/h",
+            "--health-threshold",
+            "11",
+        ])
+        .await;
+    assert!(err.contains("2 to 10"), "{err}");
+    let err = s
+        .fails(&["app", "update", "hello", "--balancing", "random"])
+        .await;
+    assert!(err.contains("round-robin or least-requests"), "{err}");
+    let site = &s.json(&["app", "show", "hello"]).await["site"];
+    assert_eq!(site["health_check"], Value::Null, "{site:#}");
+    assert_eq!(site["balancing"], "round-robin");
+
+    // Health check: every instance failing → none removed (Azure), and the events say so.
+    s.ok(&[
+        "app",
+        "update",
+        "hello",
+        "--health-path",
+        "/status/500",
+        "--health-interval",
+        "1",
+        "--health-threshold",
+        "2",
+    ])
+    .await;
+    s.wait_instances("hello", "both instances unhealthy", |list| {
+        list.len() == 2
+            && list
+                .iter()
+                .all(|i| i["healthy"] == false && i["state"] == "ready")
+    })
+    .await;
+    let (status, _) = s.get("hello").await;
+    assert_eq!(status, 200, "all unhealthy: none may leave rotation");
+    let logs = s.ok(&["logs", "hello", "--lines", "200"]).await;
+    assert!(logs.contains("unhealthy"), "{logs}");
+
+    // Metrics: the controller exports the front end's request counters.
+    let metrics = reqwest::get(format!("{}/metrics", s.api))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("stamp_http_requests_total{app=\"hello\""),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("stamp_frontend_errors_total{app=\"hello\",code=\"access-denied\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("stamp_plan_workers{plan=\"p\",sku=\"S1\"} 2"),
+        "{metrics}"
+    );
+    s.stop().await;
+}
+
+/// Issue 3: a certificate uploaded with the CLI is served by SNI on the HTTPS listener.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploaded_certificate_is_served_by_sni() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let s = Stamp::start(&data, &[]).await;
+    s.ok(&["plan", "create", "p", "--sku", "B1"]).await;
+    s.ok(&["app", "create", "hello", "--plan", "p"]).await;
+    s.ok(&["deploy", hello_dir().to_str().unwrap(), "--app", "hello"])
+        .await;
+    s.ok(&["domain", "add", "hello", "www.example.com"]).await;
+
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["www.example.com".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let (cert_path, key_path) = (tmp.path().join("c.pem"), tmp.path().join("k.pem"));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    // A key that is not the certificate's is refused with a clear message.
+    let other_key = tmp.path().join("other.pem");
+    std::fs::write(
+        &other_key,
+        rcgen::KeyPair::generate().unwrap().serialize_pem(),
+    )
+    .unwrap();
+    let err = s
+        .fails(&[
+            "cert",
+            "upload",
+            "hello",
+            "--cert",
+            cert_path.to_str().unwrap(),
+            "--key",
+            other_key.to_str().unwrap(),
+        ])
+        .await;
+    assert!(err.contains("does not match"), "{err}");
+    let uploaded = s
+        .json(&[
+            "cert",
+            "upload",
+            "hello",
+            "--cert",
+            cert_path.to_str().unwrap(),
+            "--key",
+            key_path.to_str().unwrap(),
+        ])
+        .await;
+    assert_eq!(
+        uploaded[0]["hostnames"],
+        serde_json::json!(["www.example.com"])
+    );
+
+    // A client that trusts only that certificate connects with SNI www.example.com.
+    let https: SocketAddr = std::fs::read_to_string(data.join("https-url"))
+        .unwrap()
+        .trim()
+        .trim_start_matches("https://")
+        .parse()
+        .unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.der().clone()).unwrap();
+    // A fresh client config each time: no session to resume, so the server shows its certificate.
+    let connector = move || {
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots.clone())
+        .with_no_client_auth();
+        tokio_rustls::TlsConnector::from(Arc::new(config))
+    };
+    let tcp = tokio::net::TcpStream::connect(https).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("www.example.com").unwrap();
+    let mut tls = tokio::time::timeout(Duration::from_secs(10), connector().connect(name, tcp))
+        .await
+        .expect("handshake in time")
+        .expect("the uploaded certificate verifies for www.example.com");
+    let served = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
+    assert_eq!(served.as_ref(), cert.der().as_ref());
+    tls.write_all(b"GET /headers HTTP/1.1\r\nHost: www.example.com\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut response))
+        .await
+        .expect("response in time")
+        .unwrap();
+    let response = String::from_utf8_lossy(&response).to_ascii_lowercase();
+    assert!(response.starts_with("http/1.1 200"), "{response}");
+    assert!(response.contains("x-forwarded-proto: https"), "{response}");
+
+    // Removing it leaves the default certificate, which this client does not trust.
+    let thumbprint = uploaded[0]["thumbprint"].as_str().unwrap();
+    s.ok(&["cert", "remove", "hello", thumbprint]).await;
+    assert!(
+        s.json(&["cert", "list", "hello"])
+            .await
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    let tcp = tokio::net::TcpStream::connect(https).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("www.example.com").unwrap();
+    assert!(connector().connect(name, tcp).await.is_err());
     s.stop().await;
 }

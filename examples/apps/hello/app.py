@@ -4,6 +4,9 @@ Answers every GET with one line naming the instance, the release and the GREETIN
 so tests and people can see which instance served them:
 
     hello from hello-web-0-3f9a1c (release v2): hi
+
+Also `/env/NAME` (a variable's value), `/status/CODE` (answers with that status) and
+`/headers` (the request headers as received).
 """
 
 import os
@@ -16,16 +19,24 @@ class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def do_GET(self):
-        if self.path.startswith("/env/"):
-            name = self.path[len("/env/"):]
+        status = 200
+        path = self.path.split("?", 1)[0]
+        if path.startswith("/env/"):
+            name = path[len("/env/"):]
             body = (os.environ.get(name, "") + "\n").encode()
+        elif path.startswith("/status/"):
+            # /status/503 answers 503: lets tests make a health check fail.
+            status = int(path[len("/status/"):] or "200")
+            body = b"status %d\n" % status
+        elif path == "/headers":
+            body = "".join("%s: %s\n" % (k, v) for k, v in self.headers.items()).encode()
         else:
             body = "hello from {} (release {}): {}\n".format(
                 os.environ.get("STAMP_INSTANCE_ID", "local"),
                 os.environ.get("STAMP_RELEASE", "-"),
                 os.environ.get("GREETING", "hello"),
             ).encode()
-        self.send_response(200)
+        self.send_response(status)
         self.send_header("Content-Type", "text/plain; charset=utf-8")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
