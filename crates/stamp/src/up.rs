@@ -202,7 +202,10 @@ fn admin_token(data: &Path, store: &Store, clock: &dyn WallClock) -> anyhow::Res
 pub async fn run(global: &Global, args: UpArgs) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            // rustls warns once per handshake that names an IP address as SNI: any client could
+            // flood the log with that.
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,rustls=error".into()),
         )
         .with_writer(std::io::stderr)
         .init();
