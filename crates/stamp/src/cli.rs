@@ -509,7 +509,7 @@ async fn app(c: &Client, out: Output, cmd: AppCmd) -> anyhow::Result<()> {
                 health_check_max_unhealthy_percent: u.health_max_unhealthy_percent,
             };
             let a = c.update_app(&u.name, &req).await?;
-            output::show(out, &a, |a| site_rows(a))
+            output::show(out, &a, site_rows)
         }
         AppCmd::Restart { name, no_wait } => {
             let a = c.restart_app(&name).await?;
