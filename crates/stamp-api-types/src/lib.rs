@@ -243,3 +243,36 @@ pub struct LogLineView {
     pub source: String,
     pub text: String,
 }
+
+/// A plan's autoscale setting.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AutoscaleView {
+    pub plan: String,
+    pub enabled: bool,
+    /// The setting as it was set (Azure's `autoscaleSettings` JSON).
+    pub setting: serde_json::Value,
+    pub profiles: Vec<String>,
+    pub webhooks: usize,
+    /// When a rule last scaled the plan (Unix ms) and the cooldown it started, in seconds.
+    pub last_action_at: Option<u64>,
+    pub cooldown_secs: Option<u64>,
+}
+
+/// One evaluation of a plan's autoscale setting.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AutoscaleRunView {
+    /// Unix milliseconds.
+    pub at: u64,
+    pub scaled: bool,
+    pub summary: String,
+    /// The engine's full explanation: profile, each rule's observed value and threshold, the
+    /// flapping projection, the decision and its reason, events.
+    pub evaluation: serde_json::Value,
+}
+
+/// `POST /plans/{plan}/metrics`: a custom metric sample for autoscale rules.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MetricSample {
+    pub metric: String,
+    pub value: f64,
+}

@@ -135,6 +135,68 @@ impl Client {
         Ok(())
     }
 
+    /// Sets a plan's autoscale setting from Azure's JSON, sent as it is.
+    pub async fn set_autoscale(&self, plan: &str, json: String) -> Result<wire::AutoscaleView> {
+        self.json(
+            self.http
+                .put(self.url(&format!("/plans/{plan}/autoscale")))
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(json),
+        )
+        .await
+    }
+
+    pub async fn autoscale(&self, plan: &str) -> Result<wire::AutoscaleView> {
+        self.get(&format!("/plans/{plan}/autoscale")).await
+    }
+
+    pub async fn set_autoscale_enabled(
+        &self,
+        plan: &str,
+        enabled: bool,
+    ) -> Result<wire::AutoscaleView> {
+        let verb = if enabled { "enable" } else { "disable" };
+        self.post(&format!("/plans/{plan}/autoscale/{verb}"), &())
+            .await
+    }
+
+    pub async fn delete_autoscale(&self, plan: &str) -> Result<()> {
+        self.send(
+            self.http
+                .delete(self.url(&format!("/plans/{plan}/autoscale"))),
+        )
+        .await?;
+        Ok(())
+    }
+
+    pub async fn autoscale_history(
+        &self,
+        plan: &str,
+        limit: usize,
+        scaled_only: bool,
+    ) -> Result<Vec<wire::AutoscaleRunView>> {
+        self.json(
+            self.http
+                .get(self.url(&format!("/plans/{plan}/autoscale/history")))
+                .query(&[
+                    ("limit", limit.to_string()),
+                    ("scaled", scaled_only.to_string()),
+                ]),
+        )
+        .await
+    }
+
+    /// Records a custom metric sample for the plan's autoscale rules.
+    pub async fn post_metric(&self, plan: &str, sample: &wire::MetricSample) -> Result<()> {
+        self.send(
+            self.http
+                .post(self.url(&format!("/plans/{plan}/metrics")))
+                .json(sample),
+        )
+        .await?;
+        Ok(())
+    }
+
     pub async fn apps(&self) -> Result<Vec<wire::AppView>> {
         self.get("/apps").await
     }

@@ -37,6 +37,16 @@ pub fn router(c: Controller) -> Router {
         .route("/plans", get(list_plans).post(create_plan))
         .route("/plans/{plan}", get(show_plan).delete(delete_plan))
         .route("/plans/{plan}/scale", post(scale_plan))
+        .route(
+            "/plans/{plan}/autoscale",
+            get(show_autoscale)
+                .put(set_autoscale)
+                .delete(delete_autoscale),
+        )
+        .route("/plans/{plan}/autoscale/enable", post(enable_autoscale))
+        .route("/plans/{plan}/autoscale/disable", post(disable_autoscale))
+        .route("/plans/{plan}/autoscale/history", get(autoscale_history))
+        .route("/plans/{plan}/metrics", post(post_metric))
         .route("/apps", get(list_apps).post(create_app))
         .route(
             "/apps/{app}",
@@ -231,7 +241,7 @@ impl Controller {
     }
 
     /// Logs an event to every app of the plan; after a commit, so it never fails the request.
-    fn event_for_plan_apps(&self, plan: &PlanName, text: &str) {
+    pub(crate) fn event_for_plan_apps(&self, plan: &PlanName, text: &str) {
         match self.store().apps() {
             Ok(apps) => {
                 for app in apps.iter().filter(|a| &a.plan == plan) {
@@ -439,6 +449,197 @@ async fn delete_plan(
     let _w = c.inner.writer.lock().await;
     c.store().delete_plan(&name)?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+// ---- autoscale
+
+fn autoscale_view(r: &stamp_model::AutoscaleRecord) -> ApiResult<wire::AutoscaleView> {
+    let setting: serde_json::Value =
+        serde_json::from_str(&r.setting_json).map_err(ApiError::internal)?;
+    let profiles = setting
+        .pointer("/profiles")
+        .or_else(|| setting.pointer("/properties/profiles"))
+        .and_then(|p| p.as_array())
+        .map(|ps| {
+            ps.iter()
+                .filter_map(|p| p.get("name").and_then(|n| n.as_str()).map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    let webhooks = crate::autoscale::parse_setting(&r.setting_json, u32::MAX)
+        .map(|s| s.webhooks.len())
+        .unwrap_or(0);
+    Ok(wire::AutoscaleView {
+        plan: r.plan.to_string(),
+        enabled: r.enabled,
+        setting,
+        profiles,
+        webhooks,
+        last_action_at: r.last_action_at.map(|m| m.0),
+        cooldown_secs: r.last_cooldown.map(|m| m.0 / 1000),
+    })
+}
+
+async fn show_autoscale(
+    State(c): State<Controller>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<wire::AutoscaleView>> {
+    let plan = plan_name(&name)?;
+    c.store().plan(&plan)?;
+    Ok(Json(autoscale_view(&c.store().autoscale(&plan)?)?))
+}
+
+/// `PUT /plans/{plan}/autoscale` with Azure's `autoscaleSettings` JSON (the resource or its
+/// `properties`) as the body. An invalid setting is refused with every problem listed, and the
+/// previous setting stays in force.
+async fn set_autoscale(
+    State(c): State<Controller>,
+    Path(name): Path<String>,
+    body: String,
+) -> ApiResult<Json<wire::AutoscaleView>> {
+    let plan_name = plan_name(&name)?;
+    let _w = c.inner.writer.lock().await;
+    let plan = c.store().plan(&plan_name)?;
+    let sku = Sku::find(&plan.sku).map_err(ApiError::internal)?;
+    if !sku.autoscale {
+        return Err(ApiError::limit(format!(
+            "plan {} is {} ({}): autoscale needs Standard or above, as in Azure; scale it by hand or move to S1 or P1v3",
+            plan.name,
+            sku.name,
+            sku.tier.as_str()
+        )));
+    }
+    let setting =
+        crate::autoscale::parse_setting(&body, sku.max_instances).map_err(ApiError::invalid)?;
+    c.store()
+        .set_autoscale(&plan.name, &body, setting.enabled, c.now())?;
+    c.event_for_plan_apps(
+        &plan.name,
+        &format!(
+            "autoscale: setting for plan {} {} ({} profile(s))",
+            plan.name,
+            if setting.enabled {
+                "set"
+            } else {
+                "set, disabled"
+            },
+            setting.profiles.len()
+        ),
+    );
+    Ok(Json(autoscale_view(&c.store().autoscale(&plan.name)?)?))
+}
+
+async fn toggle_autoscale(
+    c: Controller,
+    name: String,
+    enabled: bool,
+) -> ApiResult<Json<wire::AutoscaleView>> {
+    let plan = plan_name(&name)?;
+    let _w = c.inner.writer.lock().await;
+    c.store().plan(&plan)?;
+    c.store().set_autoscale_enabled(&plan, enabled, c.now())?;
+    c.event_for_plan_apps(
+        &plan,
+        &format!(
+            "autoscale: {} for plan {plan}",
+            if enabled { "enabled" } else { "disabled" }
+        ),
+    );
+    Ok(Json(autoscale_view(&c.store().autoscale(&plan)?)?))
+}
+
+async fn enable_autoscale(
+    State(c): State<Controller>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<wire::AutoscaleView>> {
+    toggle_autoscale(c, name, true).await
+}
+
+async fn disable_autoscale(
+    State(c): State<Controller>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<wire::AutoscaleView>> {
+    toggle_autoscale(c, name, false).await
+}
+
+async fn delete_autoscale(
+    State(c): State<Controller>,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
+    let plan = plan_name(&name)?;
+    let _w = c.inner.writer.lock().await;
+    c.store().delete_autoscale(&plan)?;
+    c.event_for_plan_apps(
+        &plan,
+        &format!("autoscale: setting for plan {plan} deleted"),
+    );
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+struct HistoryQuery {
+    limit: Option<usize>,
+    #[serde(default)]
+    scaled: bool,
+}
+
+async fn autoscale_history(
+    State(c): State<Controller>,
+    Path(name): Path<String>,
+    q: Result<Query<HistoryQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<Vec<wire::AutoscaleRunView>>> {
+    let Query(q) = q.map_err(|e| {
+        ApiError::invalid(format!(
+            "bad query: {}; use ?limit=<number>&scaled=<true|false>",
+            e.body_text()
+        ))
+    })?;
+    let plan = plan_name(&name)?;
+    c.store().plan(&plan)?;
+    let runs = c
+        .store()
+        .autoscale_runs(&plan, q.limit.unwrap_or(50).min(1000), q.scaled)?;
+    Ok(Json(
+        runs.iter()
+            .map(|r| wire::AutoscaleRunView {
+                at: r.at.0,
+                scaled: r.scaled,
+                summary: r.summary.clone(),
+                evaluation: serde_json::from_str(&r.evaluation_json).unwrap_or_default(),
+            })
+            .collect(),
+    ))
+}
+
+/// A custom metric sample, recorded at the current second for the plan's rules.
+async fn post_metric(
+    State(c): State<Controller>,
+    Path(name): Path<String>,
+    JsonBody(req): JsonBody<wire::MetricSample>,
+) -> ApiResult<StatusCode> {
+    let plan = plan_name(&name)?;
+    c.store().plan(&plan)?;
+    let ok_name = !req.metric.is_empty()
+        && req.metric.len() <= 128
+        && req
+            .metric
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-./ ".contains(&b));
+    if !ok_name {
+        return Err(ApiError::invalid(
+            "metric names use letters, digits, spaces and _-./ (at most 128 characters)",
+        ));
+    }
+    if !req.value.is_finite() {
+        return Err(ApiError::invalid(
+            "the metric value must be a finite number",
+        ));
+    }
+    let second = i64::try_from(c.now().0 / 1000).unwrap_or(i64::MAX);
+    c.inner
+        .metrics
+        .record(&plan, &req.metric, second, req.value);
+    Ok(StatusCode::ACCEPTED)
 }
 
 // ---- apps

@@ -8,6 +8,7 @@
 //! from the front end's last routing table if the controller stops.
 
 pub mod api;
+pub mod autoscale;
 mod error;
 
 use std::path::PathBuf;
@@ -32,6 +33,8 @@ pub trait Node: Send + Sync + 'static {
     fn set_desired(&self, specs: Vec<InstanceSpec>);
     /// What runs, updated on every state change.
     fn observed(&self) -> watch::Receiver<Vec<ObservedInstance>>;
+    /// CPU and memory the instances of each worker use now.
+    fn usage(&self) -> Vec<autoscale::WorkerUsage>;
 }
 
 /// The front end(s): where routing tables and certificates go, and where request metrics come
@@ -42,6 +45,8 @@ pub trait FrontEnd: Send + Sync + 'static {
     fn set_certificates(&self, certs: &[Certificate]);
     /// Appends the front end's metrics in Prometheus text format.
     fn render_metrics(&self, out: &mut String);
+    /// Per-app request counters, cumulative, for the autoscale metrics.
+    fn request_counters(&self) -> Vec<autoscale::AppCounters>;
     /// Checks that the front end can serve this certificate and key (PEM): the user-facing
     /// problem if not.
     fn inspect_certificate(&self, cert_pem: &str, key_pem: &str) -> Result<CertSummary, String>;
@@ -92,6 +97,11 @@ struct Inner {
     apps: watch::Sender<Vec<(AppName, SiteConfig)>>,
     /// Set when the stamp stops: long-lived responses (log tails) end.
     stopping: watch::Sender<bool>,
+    /// One-second samples of plan metrics, for autoscale.
+    metrics: autoscale::MetricStore,
+    autoscale_memory: autoscale::RunMemory,
+    /// For webhooks.
+    http: reqwest::Client,
 }
 
 impl Controller {
@@ -117,6 +127,9 @@ impl Controller {
                 desired: Mutex::new(Vec::new()),
                 apps: watch::channel(Vec::new()).0,
                 stopping: watch::channel(false).0,
+                metrics: autoscale::MetricStore::default(),
+                autoscale_memory: autoscale::RunMemory::default(),
+                http: reqwest::Client::new(),
             }),
         }
     }

@@ -18,10 +18,11 @@ pub mod site;
 pub mod sku;
 pub mod spec;
 pub mod time;
+pub mod usage;
 
 pub use names::{AppName, Digest, InstanceId, NameError, PlanName, ProcessType, SlotName};
 pub use procfile::{Procfile, ProcfileError};
-pub use records::{App, Certificate, Plan, Release};
+pub use records::{App, AutoscaleRecord, AutoscaleRun, Certificate, Plan, Release};
 pub use settings::{SettingError, Settings};
 pub use site::{AccessAction, AccessRule, Balancing, HealthCheck, SiteConfig};
 pub use sku::{Sku, Tier};

@@ -61,3 +61,29 @@ pub struct Certificate {
     pub key_pem: String,
     pub created_at: Millis,
 }
+
+/// A plan's autoscale setting as stored: the user's Azure-style JSON, kept verbatim so `show`
+/// returns what was set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AutoscaleRecord {
+    pub plan: PlanName,
+    pub setting_json: String,
+    pub enabled: bool,
+    /// When a rule last scaled the plan, and the cooldown that action started (both survive a
+    /// restart, so a cooldown does too).
+    pub last_action_at: Option<Millis>,
+    pub last_cooldown: Option<Millis>,
+    pub updated_at: Millis,
+}
+
+/// One evaluation of a plan's autoscale setting, kept as its run history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AutoscaleRun {
+    pub plan: PlanName,
+    pub at: Millis,
+    /// Whether this run changed the plan's worker count.
+    pub scaled: bool,
+    pub summary: String,
+    /// The engine's full explanation (JSON).
+    pub evaluation_json: String,
+}

@@ -18,8 +18,8 @@ use std::sync::Mutex;
 
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use stamp_model::{
-    App, AppName, Certificate, Digest, Millis, Plan, PlanName, Procfile, Release, Settings,
-    SiteConfig, SlotName,
+    App, AppName, AutoscaleRecord, AutoscaleRun, Certificate, Digest, Millis, Plan, PlanName,
+    Procfile, Release, Settings, SiteConfig, SlotName,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +88,27 @@ CREATE TABLE certificates (
     created_at  INTEGER NOT NULL,
     PRIMARY KEY (app, thumbprint)
 );
+"#,
+    r#"
+-- A plan's autoscale setting (Azure JSON, verbatim) and the last action's cooldown.
+CREATE TABLE autoscale (
+    plan            TEXT PRIMARY KEY REFERENCES plans(name) ON DELETE CASCADE,
+    setting         TEXT NOT NULL,
+    enabled         INTEGER NOT NULL,
+    last_action_at  INTEGER,
+    last_cooldown   INTEGER,
+    updated_at      INTEGER NOT NULL
+);
+-- Every evaluation, explained; bounded per plan by the writer.
+CREATE TABLE autoscale_runs (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    plan        TEXT NOT NULL REFERENCES plans(name) ON DELETE CASCADE,
+    at          INTEGER NOT NULL,
+    scaled      INTEGER NOT NULL,
+    summary     TEXT NOT NULL,
+    evaluation  TEXT NOT NULL
+);
+CREATE INDEX autoscale_runs_by_plan ON autoscale_runs (plan, id);
 "#,
 ];
 
@@ -635,6 +656,159 @@ impl Store {
         })
     }
 
+    // ---- autoscale
+
+    /// Sets (or replaces) a plan's autoscale setting; a replaced setting keeps its last action,
+    /// so a cooldown in progress still holds.
+    pub fn set_autoscale(
+        &self,
+        plan: &PlanName,
+        json: &str,
+        enabled: bool,
+        now: Millis,
+    ) -> Result<()> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO autoscale (plan, setting, enabled, updated_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (plan) DO UPDATE SET setting = ?2, enabled = ?3, updated_at = ?4",
+                params![plan.as_str(), json, enabled, now.0],
+            )?;
+            Ok(())
+        })
+    }
+
+    pub fn autoscale_settings(&self) -> Result<Vec<AutoscaleRecord>> {
+        self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT plan, setting, enabled, last_action_at, last_cooldown, updated_at
+                 FROM autoscale ORDER BY plan",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, bool>(2)?,
+                    r.get::<_, Option<u64>>(3)?,
+                    r.get::<_, Option<u64>>(4)?,
+                    r.get::<_, u64>(5)?,
+                ))
+            })?;
+            rows.map(|row| {
+                let (plan, setting_json, enabled, at, cooldown, updated_at) = row?;
+                Ok(AutoscaleRecord {
+                    plan: PlanName::parse(&plan).map_err(corrupt)?,
+                    setting_json,
+                    enabled,
+                    last_action_at: at.map(Millis),
+                    last_cooldown: cooldown.map(Millis),
+                    updated_at: Millis(updated_at),
+                })
+            })
+            .collect()
+        })
+    }
+
+    pub fn autoscale(&self, plan: &PlanName) -> Result<AutoscaleRecord> {
+        self.autoscale_settings()?
+            .into_iter()
+            .find(|a| &a.plan == plan)
+            .ok_or_else(|| StoreError::NotFound {
+                kind: "autoscale setting for plan",
+                name: plan.to_string(),
+            })
+    }
+
+    pub fn set_autoscale_enabled(&self, plan: &PlanName, enabled: bool, now: Millis) -> Result<()> {
+        self.with(|c| {
+            let n = c.execute(
+                "UPDATE autoscale SET enabled = ?2, updated_at = ?3 WHERE plan = ?1",
+                params![plan.as_str(), enabled, now.0],
+            )?;
+            if n == 0 {
+                return Err(StoreError::NotFound {
+                    kind: "autoscale setting for plan",
+                    name: plan.to_string(),
+                });
+            }
+            Ok(())
+        })
+    }
+
+    pub fn delete_autoscale(&self, plan: &PlanName) -> Result<()> {
+        self.with(|c| {
+            let n = c.execute("DELETE FROM autoscale WHERE plan = ?1", [plan.as_str()])?;
+            if n == 0 {
+                return Err(StoreError::NotFound {
+                    kind: "autoscale setting for plan",
+                    name: plan.to_string(),
+                });
+            }
+            Ok(())
+        })
+    }
+
+    /// Records an autoscale run and, when it scaled, the plan's new worker count and the
+    /// cooldown it started: one transaction, so a crash never leaves a scale without its
+    /// cooldown. Keeps the newest `keep` runs of the plan.
+    pub fn record_autoscale_run(
+        &self,
+        run: &AutoscaleRun,
+        scaled_to: Option<(u32, Option<Millis>)>,
+        keep: usize,
+    ) -> Result<()> {
+        self.tx(|tx| {
+            let plan = run.plan.as_str();
+            if let Some((workers, cooldown)) = scaled_to {
+                tx.execute(
+                    "UPDATE plans SET workers = ?2 WHERE name = ?1",
+                    params![plan, workers],
+                )?;
+                if let Some(cooldown) = cooldown {
+                    tx.execute(
+                        "UPDATE autoscale SET last_action_at = ?2, last_cooldown = ?3 WHERE plan = ?1",
+                        params![plan, run.at.0, cooldown.0],
+                    )?;
+                }
+            }
+            tx.execute(
+                "INSERT INTO autoscale_runs (plan, at, scaled, summary, evaluation) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![plan, run.at.0, run.scaled, run.summary, run.evaluation_json],
+            )?;
+            tx.execute(
+                "DELETE FROM autoscale_runs WHERE plan = ?1 AND id <= (
+                     SELECT id FROM autoscale_runs WHERE plan = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
+                params![plan, keep as i64],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// The newest `limit` runs of a plan, newest first; with `scaled_only`, only those that
+    /// changed the worker count.
+    pub fn autoscale_runs(
+        &self,
+        plan: &PlanName,
+        limit: usize,
+        scaled_only: bool,
+    ) -> Result<Vec<AutoscaleRun>> {
+        self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT at, scaled, summary, evaluation FROM autoscale_runs
+                 WHERE plan = ?1 AND (?3 = 0 OR scaled = 1) ORDER BY id DESC LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![plan.as_str(), limit as i64, scaled_only], |r| {
+                Ok(AutoscaleRun {
+                    plan: plan.clone(),
+                    at: Millis(r.get(0)?),
+                    scaled: r.get(1)?,
+                    summary: r.get(2)?,
+                    evaluation_json: r.get(3)?,
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+    }
+
     // ---- tokens
 
     /// Makes `sha256` the only token of `role` (a regenerated admin token revokes the old one).
@@ -853,5 +1027,50 @@ mod tests {
         s.delete_app(&a).unwrap();
         assert!(s.certificates().unwrap().is_empty(), "deleted with the app");
         s.add_domain(&b, "x.example.com").unwrap();
+    }
+
+    #[test]
+    fn autoscale_settings_and_history() {
+        let s = Store::in_memory().unwrap();
+        s.create_plan(&plan("p")).unwrap();
+        let p = PlanName::parse("p").unwrap();
+        let missing = s.autoscale(&p);
+        assert!(
+            matches!(missing, Err(StoreError::NotFound { .. })),
+            "{missing:?}"
+        );
+        s.set_autoscale(&p, "{}", true, Millis(1)).unwrap();
+        let run = |at: u64, scaled: bool| AutoscaleRun {
+            plan: p.clone(),
+            at: Millis(at),
+            scaled,
+            summary: format!("run {at}"),
+            evaluation_json: "{}".into(),
+        };
+        s.record_autoscale_run(&run(10, true), Some((3, Some(Millis(300_000)))), 3)
+            .unwrap();
+        for at in 11..15 {
+            s.record_autoscale_run(&run(at, false), None, 3).unwrap();
+        }
+        assert_eq!(s.plan(&p).unwrap().workers, 3);
+        let a = s.autoscale(&p).unwrap();
+        assert_eq!(
+            (a.last_action_at, a.last_cooldown),
+            (Some(Millis(10)), Some(Millis(300_000)))
+        );
+        let runs: Vec<u64> = s
+            .autoscale_runs(&p, 10, false)
+            .unwrap()
+            .iter()
+            .map(|r| r.at.0)
+            .collect();
+        assert_eq!(runs, [14, 13, 12], "newest first, bounded to 3");
+        // A replaced setting keeps the cooldown; disabling and deleting work.
+        s.set_autoscale(&p, "{\"x\":1}", true, Millis(20)).unwrap();
+        assert_eq!(s.autoscale(&p).unwrap().last_action_at, Some(Millis(10)));
+        s.set_autoscale_enabled(&p, false, Millis(21)).unwrap();
+        assert!(!s.autoscale(&p).unwrap().enabled);
+        s.delete_autoscale(&p).unwrap();
+        assert!(s.autoscale_settings().unwrap().is_empty());
     }
 }

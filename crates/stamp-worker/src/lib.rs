@@ -6,7 +6,8 @@
 //! starts and stops. [`WorkerAgent`] is the handle; [`AgentTask`] owns the loop and the observed
 //! state; each instance has its own supervisor task ([`supervisor`]) that runs its process,
 //! probes its health check ([`health`]), restarts it after crashes and drains and stops it,
-//! reporting every state change back.
+//! reporting every state change back. One more task ([`sampler`]) samples the CPU and memory of
+//! every running instance and publishes them ([`WorkerAgent::usage`]).
 //!
 //! On disk, the agent owns `<dir>/instances/<id>/{app,home,tmp,pgid}`: the unpacked artifact, the
 //! instance's `$HOME` and `$TMPDIR`, and its process group id, so the next agent on the same
@@ -15,18 +16,22 @@
 mod health;
 mod leftovers;
 mod process;
+mod sampler;
 mod supervisor;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use stamp_model::reconcile::{Action, reconcile};
 use stamp_model::{InstanceId, InstanceSpec, InstanceState, ObservedInstance, WallClock};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
+
+pub use stamp_model::usage::InstanceUsage;
 
 use crate::supervisor::{StopRequest, Supervisor};
 
@@ -46,8 +51,18 @@ pub struct WorkerConfig {
     /// routes nothing to that address and has nothing in flight to it. Wired to
     /// `Frontend::is_drained`.
     pub drained: Arc<dyn Fn(SocketAddr) -> bool + Send + Sync>,
-    /// For [`ObservedInstance::started_at`].
+    /// For [`ObservedInstance::started_at`] and [`InstanceUsage::at_ms`].
     pub clock: Arc<dyn WallClock>,
+    /// How often the CPU and memory of running instances are sampled ([`WorkerAgent::usage`]);
+    /// [`WorkerConfig::DEFAULT_SAMPLE_INTERVAL`] unless a test wants it faster. Intervals under
+    /// 100 ms are taken as 100 ms.
+    pub sample_interval: Duration,
+}
+
+impl WorkerConfig {
+    /// Once a second: the CPU figure is the average over the interval, and a second is fine
+    /// enough for autoscale rules that look at minutes.
+    pub const DEFAULT_SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
 }
 
 /// Handle to a running worker agent; cheap to clone. When the last handle is dropped the agent
@@ -56,6 +71,7 @@ pub struct WorkerConfig {
 pub struct WorkerAgent {
     commands: mpsc::UnboundedSender<Command>,
     observed: watch::Receiver<Vec<ObservedInstance>>,
+    usage: watch::Receiver<Vec<InstanceUsage>>,
 }
 
 enum Command {
@@ -88,6 +104,16 @@ impl WorkerAgent {
         let (commands, commands_rx) = mpsc::unbounded_channel();
         let (observed_tx, observed) = watch::channel(Vec::new());
         let (reports_tx, reports) = mpsc::unbounded_channel();
+        let (usage_tx, usage) = watch::channel(Vec::new());
+        tokio::spawn(
+            sampler::SamplerTask::new(
+                observed.clone(),
+                usage_tx,
+                config.clock.clone(),
+                config.sample_interval,
+            )
+            .run(),
+        );
         let task = AgentTask {
             context: Arc::new(supervisor::Context {
                 instances,
@@ -109,7 +135,11 @@ impl WorkerAgent {
             shutdown: None,
         };
         tokio::spawn(task.run());
-        Ok(WorkerAgent { commands, observed })
+        Ok(WorkerAgent {
+            commands,
+            observed,
+            usage,
+        })
     }
 
     /// Replaces the whole desired set.
@@ -121,6 +151,13 @@ impl WorkerAgent {
     /// What runs. Every state change is published, sorted by key then id.
     pub fn observed(&self) -> watch::Receiver<Vec<ObservedInstance>> {
         self.observed.clone()
+    }
+
+    /// The CPU and memory of every starting or ready instance, one sample per
+    /// [`WorkerConfig::sample_interval`], sorted by key then id. An instance appears from its
+    /// second sample on (CPU is measured between two), and leaves as soon as its process does.
+    pub fn usage(&self) -> watch::Receiver<Vec<InstanceUsage>> {
+        self.usage.clone()
     }
 
     /// Stops every instance (SIGTERM to its process group, SIGKILL after its spec's grace

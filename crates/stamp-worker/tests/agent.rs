@@ -1,6 +1,9 @@
 //! The worker agent with real processes: a small Python web app packed into a real artifact,
 //! started, checked over HTTP on loopback, crashed, rolled, drained and stopped; and a second one
-//! whose health check fails on demand.
+//! whose health check fails on demand. CPU and memory sampling is in [`usage`].
+
+#[path = "agent/usage.rs"]
+mod usage;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -92,6 +95,7 @@ impl Rig {
         std::fs::create_dir_all(&src).unwrap();
         std::fs::write(src.join("server.py"), SERVER).unwrap();
         std::fs::write(src.join("health.py"), HEALTH_SERVER).unwrap();
+        std::fs::write(src.join("usage.py"), usage::APP).unwrap();
         let archive = tmp.path().join("app.tar.gz");
         let mut file = std::fs::File::create(&archive).unwrap();
         stamp_artifact::pack_dir(&src, &mut file).unwrap();
@@ -127,6 +131,7 @@ impl Rig {
                 drained.load(Ordering::SeqCst)
             }),
             clock: Arc::new(SystemClock),
+            sample_interval: WorkerConfig::DEFAULT_SAMPLE_INTERVAL,
         }
     }
 

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use stamp_artifact::BlobStore;
+use stamp_controller::autoscale::{AppCounters, WorkerUsage};
 use stamp_controller::{CertSummary, Controller, ControllerConfig, FrontEnd, Node};
 use stamp_frontend::{Frontend, FrontendConfig};
 use stamp_logs::LogBook;
@@ -49,6 +50,9 @@ pub struct UpArgs {
     /// addresses is `X-Forwarded-For` trusted to name the client.
     #[arg(long = "trusted-proxy", value_name = "CIDR")]
     trusted_proxies: Vec<ipnet::IpNet>,
+    /// How often autoscale settings are evaluated (Azure: every 30 to 60 s), e.g. 30s, 5s.
+    #[arg(long, default_value = "30s", value_parser = parse_interval)]
+    autoscale_interval: std::time::Duration,
     /// Largest deploy upload accepted, in MiB.
     #[arg(long, default_value_t = 512)]
     max_upload_mib: u64,
@@ -105,6 +109,19 @@ impl Node for AgentNode {
     fn observed(&self) -> watch::Receiver<Vec<ObservedInstance>> {
         self.0.observed()
     }
+    fn usage(&self) -> Vec<WorkerUsage> {
+        self.0
+            .usage()
+            .borrow()
+            .iter()
+            .map(|u| WorkerUsage {
+                plan: u.key.worker.plan.clone(),
+                worker: u.key.worker.index,
+                cpu_cores: u.cpu_cores,
+                memory_bytes: u.memory_bytes,
+            })
+            .collect()
+    }
 }
 
 struct FrontendLink(Frontend);
@@ -118,6 +135,22 @@ impl FrontEnd for FrontendLink {
     }
     fn render_metrics(&self, out: &mut String) {
         self.0.render_metrics(out);
+    }
+    fn request_counters(&self) -> Vec<AppCounters> {
+        self.0
+            .app_metrics()
+            .into_iter()
+            .map(|m| AppCounters {
+                app: m.app.to_string(),
+                requests: m.requests,
+                errors_5xx: m.errors_5xx,
+                in_flight: m.in_flight,
+                received_bytes: m.received_bytes,
+                sent_bytes: m.sent_bytes,
+                latency_sum: m.latency_sum,
+                latency_count: m.latency_count,
+            })
+            .collect()
     }
     fn inspect_certificate(&self, cert_pem: &str, key_pem: &str) -> Result<CertSummary, String> {
         let info = stamp_frontend::tls::inspect(cert_pem, key_pem).map_err(|e| e.to_string())?;
@@ -144,6 +177,25 @@ fn check_domain(domain: &str) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// `30s`, `5m`, `1h`, `500ms`: at least one second, at most an hour.
+fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
+    let (digits, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration such as 30s, 5m or 1h"))?;
+    let d = match unit {
+        "ms" => std::time::Duration::from_millis(n),
+        "s" | "" => std::time::Duration::from_secs(n),
+        "m" => std::time::Duration::from_secs(n * 60),
+        "h" => std::time::Duration::from_secs(n * 3600),
+        _ => return Err(format!("{s:?} is not a duration such as 30s, 5m or 1h")),
+    };
+    if d < std::time::Duration::from_secs(1) || d > std::time::Duration::from_secs(3600) {
+        return Err(format!("{s:?}: use from 1s to 1h"));
+    }
+    Ok(d)
 }
 
 fn machine_capacity() -> Capacity {
@@ -286,6 +338,7 @@ pub async fn run(global: &Global, args: UpArgs) -> anyhow::Result<()> {
         domain: args.domain.clone(),
         drained,
         clock: clock.clone(),
+        sample_interval: WorkerConfig::DEFAULT_SAMPLE_INTERVAL,
     })
     .await
     .context("start the worker agent")?;
@@ -309,6 +362,14 @@ pub async fn run(global: &Global, args: UpArgs) -> anyhow::Result<()> {
     let routes_task = tokio::spawn({
         let c = controller.clone();
         async move { c.run_routes().await }
+    });
+    let metrics_task = tokio::spawn({
+        let c = controller.clone();
+        async move { c.run_metrics().await }
+    });
+    let autoscale_task = tokio::spawn({
+        let (c, every) = (controller.clone(), args.autoscale_interval);
+        async move { c.run_autoscale(every).await }
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -398,6 +459,8 @@ pub async fn run(global: &Global, args: UpArgs) -> anyhow::Result<()> {
         _ => {}
     }
     routes_task.abort();
+    metrics_task.abort();
+    autoscale_task.abort();
     println!("Stopped.");
     Ok(())
 }

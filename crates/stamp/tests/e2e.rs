@@ -1044,3 +1044,126 @@ async fn uploaded_certificate_is_served_by_sni() {
     assert!(connector().connect(name, tcp).await.is_err());
     s.stop().await;
 }
+
+/// Issue 4 end to end, in real time with short windows: CPU load scales the plan out, and the
+/// plan scales back in when the load stops; every decision is in the history and the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cpu_load_scales_the_plan_out_and_back_in() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let s = Stamp::start(&data, &["--autoscale-interval", "1s"]).await;
+    s.ok(&["plan", "create", "p", "--sku", "S1"]).await;
+    s.ok(&["app", "create", "hello", "--plan", "p"]).await;
+    s.ok(&["deploy", hello_dir().to_str().unwrap(), "--app", "hello"])
+        .await;
+
+    let token = std::fs::read_to_string(data.join("admin-token")).unwrap();
+    let api = reqwest::Client::new();
+    let rule = |op: &str, threshold: f64, direction: &str| {
+        serde_json::json!({
+            "metricTrigger": {
+                "metricName": "CpuPercentage", "metricResourceUri": "",
+                "timeGrain": "PT1S", "statistic": "Average", "timeWindow": "PT3S",
+                "timeAggregation": "Average", "operator": op, "threshold": threshold
+            },
+            "scaleAction": {"direction": direction, "type": "ChangeCount", "value": "1", "cooldown": "PT2S"}
+        })
+    };
+    let setting = serde_json::json!({
+        "enabled": true,
+        "profiles": [{
+            "name": "default",
+            "capacity": {"minimum": "1", "maximum": "2", "default": "1"},
+            "rules": [rule("GreaterThan", 50.0, "Increase"), rule("LessThan", 10.0, "Decrease")]
+        }]
+    });
+    // An invalid setting is refused with its problems listed.
+    let bad = serde_json::json!({"profiles": [{"name": "x", "capacity": {"minimum": "3", "maximum": "1", "default": "9"}, "rules": []}]});
+    let r = api
+        .put(format!("{}/api/v1/plans/p/autoscale", s.api))
+        .bearer_auth(token.trim())
+        .body(bad.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let err = r.text().await.unwrap();
+    assert!(err.contains("profiles[0].capacity"), "{err}");
+    let r = api
+        .put(format!("{}/api/v1/plans/p/autoscale", s.api))
+        .bearer_auth(token.trim())
+        .body(setting.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+
+    // Load: two clients keep the instance's CPU busy.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut load = Vec::new();
+    for _ in 0..2 {
+        let (client, url, stop) = (
+            s.client(),
+            format!("{}burn?ms=300", s.url("hello")),
+            stop.clone(),
+        );
+        load.push(tokio::spawn(async move {
+            for _ in 0..2_000 {
+                if stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                let _ = client.get(&url).send().await;
+            }
+        }));
+    }
+    let workers = |v: Value| v["workers"].as_u64().unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while workers(s.json(&["plan", "show", "p"]).await) < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the plan did not scale out under CPU load"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    stop.store(true, Ordering::SeqCst);
+    for l in load {
+        l.await.unwrap();
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while workers(s.json(&["plan", "show", "p"]).await) > 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the plan did not scale back in when the load stopped"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let history: Value = api
+        .get(format!(
+            "{}/api/v1/plans/p/autoscale/history?scaled=true",
+            s.api
+        ))
+        .bearer_auth(token.trim())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let scaled: Vec<&str> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["summary"].as_str().unwrap())
+        .collect();
+    assert!(scaled.len() >= 2, "{history:#}");
+    let logs = s.ok(&["logs", "hello", "--lines", "500"]).await;
+    assert!(
+        logs.contains("autoscale: plan p from 1 to 2 workers"),
+        "{logs}"
+    );
+    assert!(
+        logs.contains("autoscale: plan p from 2 to 1 workers"),
+        "{logs}"
+    );
+    s.stop().await;
+}

@@ -5,12 +5,13 @@ so tests and people can see which instance served them:
 
     hello from hello-web-0-3f9a1c (release v2): hi
 
-Also `/env/NAME` (a variable's value), `/status/CODE` (answers with that status) and
-`/headers` (the request headers as received).
+Also `/env/NAME` (a variable's value), `/status/CODE` (answers with that status),
+`/headers` (the request headers as received) and `/burn?ms=N` (keeps a CPU busy for N ms).
 """
 
 import os
 import signal
+import time
 import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -28,6 +29,14 @@ class Handler(BaseHTTPRequestHandler):
             # /status/503 answers 503: lets tests make a health check fail.
             status = int(path[len("/status/"):] or "200")
             body = b"status %d\n" % status
+        elif path == "/burn":
+            # /burn?ms=200 keeps a CPU busy for that long: lets tests drive CPU autoscale.
+            query = self.path.split("?", 1)[1] if "?" in self.path else ""
+            ms = int(dict(p.split("=", 1) for p in query.split("&") if "=" in p).get("ms", "100"))
+            deadline = time.monotonic() + min(ms, 5000) / 1000.0
+            while time.monotonic() < deadline:
+                pass
+            body = b"burned %d ms\n" % ms
         elif path == "/headers":
             body = "".join("%s: %s\n" % (k, v) for k, v in self.headers.items()).encode()
         else:
