@@ -486,7 +486,21 @@ async fn show_autoscale(
 ) -> ApiResult<Json<wire::AutoscaleView>> {
     let plan = plan_name(&name)?;
     c.store().plan(&plan)?;
-    Ok(Json(autoscale_view(&c.store().autoscale(&plan)?)?))
+    let record = c
+        .store()
+        .autoscale(&plan)
+        .map_err(|e| no_setting(e, &plan))?;
+    Ok(Json(autoscale_view(&record)?))
+}
+
+/// A missing setting, said with what to do about it.
+fn no_setting(e: stamp_store::StoreError, plan: &PlanName) -> ApiError {
+    match e {
+        stamp_store::StoreError::NotFound { .. } => ApiError::not_found(format!(
+            "plan {plan} has no autoscale setting; set one with `stamp autoscale set {plan} --file setting.json`"
+        )),
+        e => e.into(),
+    }
 }
 
 /// `PUT /plans/{plan}/autoscale` with Azure's `autoscaleSettings` JSON (the resource or its
@@ -537,7 +551,9 @@ async fn toggle_autoscale(
     let plan = plan_name(&name)?;
     let _w = c.inner.writer.lock().await;
     c.store().plan(&plan)?;
-    c.store().set_autoscale_enabled(&plan, enabled, c.now())?;
+    c.store()
+        .set_autoscale_enabled(&plan, enabled, c.now())
+        .map_err(|e| no_setting(e, &plan))?;
     c.event_for_plan_apps(
         &plan,
         &format!(
@@ -568,7 +584,10 @@ async fn delete_autoscale(
 ) -> ApiResult<StatusCode> {
     let plan = plan_name(&name)?;
     let _w = c.inner.writer.lock().await;
-    c.store().delete_autoscale(&plan)?;
+    c.store().plan(&plan)?;
+    c.store()
+        .delete_autoscale(&plan)
+        .map_err(|e| no_setting(e, &plan))?;
     c.event_for_plan_apps(
         &plan,
         &format!("autoscale: setting for plan {plan} deleted"),

@@ -53,10 +53,13 @@ pub struct WorkerUsage {
     pub memory_bytes: u64,
 }
 
+/// One metric's samples: (Unix second, the values recorded in it), oldest first.
+type Series = VecDeque<(i64, Stats)>;
+
 /// One-second samples per (plan, metric).
 #[derive(Default)]
 pub struct MetricStore {
-    series: Mutex<HashMap<(PlanName, String), VecDeque<(i64, Stats)>>>,
+    series: Mutex<HashMap<(PlanName, String), Series>>,
 }
 
 impl MetricStore {

@@ -213,7 +213,7 @@ fn read_trimmed(path: &Path) -> Option<String> {
 
 /// The API URL and token: flags or environment first, then what `stamp up` wrote to the data
 /// directory, then the default address.
-fn client(global: &Global) -> anyhow::Result<Client> {
+pub(crate) fn client(global: &Global) -> anyhow::Result<Client> {
     let data = global.data_dir();
     let api = global
         .api_url

@@ -1,7 +1,9 @@
 //! `stamp`: the one binary. `stamp up` runs a whole one-machine stamp; every other subcommand is
-//! the CLI, talking to the REST API through `stamp-client`. Thin: parsing and printing here,
+//! the CLI, talking to the REST API through `stamp-client`, except `stamp autoscale simulate` and
+//! `inflation`, which run the engine locally. Thin: parsing and printing here,
 //! behaviour in the crates.
 
+mod autoscale;
 mod cli;
 mod output;
 mod up;
@@ -21,7 +23,18 @@ struct Args {
     #[command(flatten)]
     global: Global,
     #[command(subcommand)]
-    command: Command,
+    command: TopCommand,
+}
+
+/// [`Command`] (the API commands and `up`) plus the commands that run without a stamp; kept apart
+/// so `cli::run` handles exactly the commands that need the API.
+#[derive(Subcommand)]
+enum TopCommand {
+    #[command(flatten)]
+    Api(Command),
+    /// Autoscale: simulate a setting on a metric trace, inflation rates. Runs locally, no API.
+    #[command(subcommand)]
+    Autoscale(autoscale::AutoscaleCmd),
 }
 
 #[derive(clap::Args, Clone)]
@@ -93,6 +106,10 @@ enum Command {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    let command = match args.command {
+        TopCommand::Autoscale(cmd) => return finish(autoscale::run(&args.global, cmd)),
+        TopCommand::Api(command) => command,
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -104,11 +121,15 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async move {
-        match args.command {
+        match command {
             Command::Up(up) => up::run(&args.global, up).await,
             other => cli::run(&args.global, other).await,
         }
     });
+    finish(result)
+}
+
+fn finish(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

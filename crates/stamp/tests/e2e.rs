@@ -1057,8 +1057,6 @@ async fn cpu_load_scales_the_plan_out_and_back_in() {
     s.ok(&["deploy", hello_dir().to_str().unwrap(), "--app", "hello"])
         .await;
 
-    let token = std::fs::read_to_string(data.join("admin-token")).unwrap();
-    let api = reqwest::Client::new();
     let rule = |op: &str, threshold: f64, direction: &str| {
         serde_json::json!({
             "metricTrigger": {
@@ -1077,26 +1075,34 @@ async fn cpu_load_scales_the_plan_out_and_back_in() {
             "rules": [rule("GreaterThan", 50.0, "Increase"), rule("LessThan", 10.0, "Decrease")]
         }]
     });
-    // An invalid setting is refused with its problems listed.
+    // An invalid setting is refused with its problems listed, and nothing is set.
     let bad = serde_json::json!({"profiles": [{"name": "x", "capacity": {"minimum": "3", "maximum": "1", "default": "9"}, "rules": []}]});
-    let r = api
-        .put(format!("{}/api/v1/plans/p/autoscale", s.api))
-        .bearer_auth(token.trim())
-        .body(bad.to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 400);
-    let err = r.text().await.unwrap();
+    let (bad_file, good_file) = (tmp.path().join("bad.json"), tmp.path().join("good.json"));
+    std::fs::write(&bad_file, bad.to_string()).unwrap();
+    std::fs::write(&good_file, setting.to_string()).unwrap();
+    let err = s
+        .fails(&[
+            "autoscale",
+            "set",
+            "p",
+            "--file",
+            bad_file.to_str().unwrap(),
+        ])
+        .await;
     assert!(err.contains("profiles[0].capacity"), "{err}");
-    let r = api
-        .put(format!("{}/api/v1/plans/p/autoscale", s.api))
-        .bearer_auth(token.trim())
-        .body(setting.to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let err = s.fails(&["autoscale", "show", "p"]).await;
+    assert!(err.contains("plan p has no autoscale setting"), "{err}");
+    let shown = s
+        .json(&[
+            "autoscale",
+            "set",
+            "p",
+            "--file",
+            good_file.to_str().unwrap(),
+        ])
+        .await;
+    assert_eq!(shown["enabled"], true);
+    assert_eq!(shown["profiles"], serde_json::json!(["default"]));
 
     // Load: two clients keep the instance's CPU busy.
     let stop = Arc::new(AtomicBool::new(false));
@@ -1137,18 +1143,7 @@ async fn cpu_load_scales_the_plan_out_and_back_in() {
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    let history: Value = api
-        .get(format!(
-            "{}/api/v1/plans/p/autoscale/history?scaled=true",
-            s.api
-        ))
-        .bearer_auth(token.trim())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let history = s.json(&["autoscale", "history", "p", "--scaled"]).await;
     let scaled: Vec<&str> = history
         .as_array()
         .unwrap()
