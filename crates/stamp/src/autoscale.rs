@@ -44,6 +44,9 @@ pub enum AutoscaleCmd {
     Disable { plan: String },
     /// Delete a plan's setting; the plan keeps its current worker count.
     Delete { plan: String },
+    /// Rule shortcuts: add a rule to a plan's setting without writing JSON.
+    #[command(subcommand)]
+    Rule(RuleCmd),
     /// The plan's evaluations, newest first, each with its reason.
     History {
         plan: String,
@@ -54,6 +57,143 @@ pub enum AutoscaleCmd {
         #[arg(long)]
         scaled: bool,
     },
+}
+
+#[derive(clap::Subcommand)]
+pub enum RuleCmd {
+    /// Add a rule, e.g. `stamp autoscale rule add P --metric CpuPercentage --op GreaterThan
+    /// --threshold 70 --window 10m --grain 1m --action increase-count:1 --cooldown 5m`. A plan
+    /// without a setting gets one: a default profile from 1 to the tier's maximum workers.
+    Add(RuleAddArgs),
+}
+
+#[derive(clap::Args)]
+pub struct RuleAddArgs {
+    plan: String,
+    /// The metric: CpuPercentage, MemoryPercentage, HttpQueueLength, Requests,
+    /// AverageResponseTime, Http5xx, BytesReceived, BytesSent, or a custom one.
+    #[arg(long)]
+    metric: String,
+    /// GreaterThan, GreaterThanOrEqual, LessThan, LessThanOrEqual, Equals, NotEquals.
+    #[arg(long)]
+    op: String,
+    #[arg(long)]
+    threshold: f64,
+    /// How far back the rule looks, e.g. 10m.
+    #[arg(long, value_parser = parse_interval)]
+    window: Duration,
+    /// The grain the window is cut into, e.g. 1m.
+    #[arg(long, default_value = "1m", value_parser = parse_interval)]
+    grain: Duration,
+    /// How workers' samples combine within a grain: Average, Min, Max, Sum, Count.
+    #[arg(long, default_value = "Average")]
+    statistic: String,
+    /// How grains combine over the window: Average, Minimum, Maximum, Total, Count, Last.
+    #[arg(long, default_value = "Average")]
+    aggregation: String,
+    /// increase-count:N, decrease-count:N, increase-percent:N, decrease-percent:N or
+    /// set-count:N.
+    #[arg(long)]
+    action: String,
+    /// No further scaling for this long after the rule acts, e.g. 5m.
+    #[arg(long, default_value = "5m", value_parser = parse_interval)]
+    cooldown: Duration,
+    /// The profile to add to (default: the default profile, else the first).
+    #[arg(long)]
+    profile: Option<String>,
+}
+
+/// ISO 8601 duration in whole seconds, as Azure writes them (`PT300S` is `PT5M`).
+fn iso(d: Duration) -> String {
+    format!("PT{}S", d.as_secs().max(1))
+}
+
+/// `increase-count:2` → (direction, type, value).
+fn parse_action(text: &str) -> anyhow::Result<(&'static str, &'static str, u32)> {
+    let (kind, value) = text
+        .split_once(':')
+        .ok_or_else(|| anyhow!("--action {text:?}: use e.g. increase-count:1"))?;
+    let value: u32 = value.parse().ok().filter(|v| *v >= 1).ok_or_else(|| {
+        anyhow!("--action {text:?}: the count must be a whole number of at least 1")
+    })?;
+    let (direction, kind) = match kind {
+        "increase-count" => ("Increase", "ChangeCount"),
+        "decrease-count" => ("Decrease", "ChangeCount"),
+        "increase-percent" => ("Increase", "PercentChangeCount"),
+        "decrease-percent" => ("Decrease", "PercentChangeCount"),
+        "set-count" => ("Increase", "ExactCount"),
+        _ => anyhow::bail!(
+            "--action {text:?}: use increase-count, decrease-count, increase-percent, decrease-percent or set-count, then :N"
+        ),
+    };
+    Ok((direction, kind, value))
+}
+
+async fn add_rule(
+    c: &stamp_client::Client,
+    args: RuleAddArgs,
+) -> anyhow::Result<stamp_api_types::AutoscaleView> {
+    let (direction, kind, value) = parse_action(&args.action)?;
+    let rule = serde_json::json!({
+        "metricTrigger": {
+            "metricName": args.metric,
+            "metricResourceUri": "",
+            "timeGrain": iso(args.grain),
+            "statistic": args.statistic,
+            "timeWindow": iso(args.window),
+            "timeAggregation": args.aggregation,
+            "operator": args.op,
+            "threshold": args.threshold
+        },
+        "scaleAction": {
+            "direction": direction,
+            "type": kind,
+            "value": value.to_string(),
+            "cooldown": iso(args.cooldown)
+        }
+    });
+    let mut setting = match c.autoscale(&args.plan).await {
+        Ok(view) => view.setting,
+        Err(stamp_client::ClientError::Api { status: 404, .. }) => {
+            let plan = c.plan(&args.plan).await?;
+            serde_json::json!({
+                "enabled": true,
+                "profiles": [{
+                    "name": "default",
+                    "capacity": {
+                        "minimum": "1",
+                        "maximum": plan.sku.max_workers.to_string(),
+                        "default": "1"
+                    },
+                    "rules": []
+                }]
+            })
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let properties = if setting.get("properties").is_some() {
+        &mut setting["properties"]
+    } else {
+        &mut setting
+    };
+    let profiles = properties["profiles"]
+        .as_array_mut()
+        .ok_or_else(|| anyhow!("the stored setting has no profiles"))?;
+    let index = match &args.profile {
+        Some(name) => profiles
+            .iter()
+            .position(|p| p["name"] == name.as_str())
+            .ok_or_else(|| anyhow!("the setting has no profile named {name:?}"))?,
+        None => profiles
+            .iter()
+            .position(|p| p.get("fixedDate").is_none() && p.get("recurrence").is_none())
+            .unwrap_or(0),
+    };
+    let rules = profiles[index]["rules"]
+        .as_array_mut()
+        .ok_or_else(|| anyhow!("profile {index} has no rules list"))?;
+    rules.push(rule);
+    Ok(c.set_autoscale(&args.plan, setting.to_string()).await?)
 }
 
 #[derive(clap::Args)]
@@ -160,6 +300,7 @@ async fn run_api(global: &Global, cmd: AutoscaleCmd) -> anyhow::Result<()> {
                 }
             });
         }
+        AutoscaleCmd::Rule(RuleCmd::Add(args)) => add_rule(&c, args).await?,
         AutoscaleCmd::Simulate(_) | AutoscaleCmd::Inflation(_) => unreachable!("run locally"),
     };
     output::show(out, &view, |v| {

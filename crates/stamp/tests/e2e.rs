@@ -1160,5 +1160,48 @@ async fn cpu_load_scales_the_plan_out_and_back_in() {
         logs.contains("autoscale: plan p from 2 to 1 workers"),
         "{logs}"
     );
+    // The rule shortcut adds to the stored setting; a bad action is refused.
+    s.ok(&[
+        "autoscale",
+        "rule",
+        "add",
+        "p",
+        "--metric",
+        "Requests",
+        "--op",
+        "GreaterThan",
+        "--threshold",
+        "1000",
+        "--window",
+        "5m",
+        "--action",
+        "increase-count:2",
+        "--cooldown",
+        "10m",
+    ])
+    .await;
+    let shown = s.json(&["autoscale", "show", "p"]).await;
+    let rules = shown["setting"]["profiles"][0]["rules"].as_array().unwrap();
+    assert_eq!(rules.len(), 3, "{shown:#}");
+    assert_eq!(rules[2]["scaleAction"]["cooldown"], "PT600S");
+    let err = s
+        .fails(&[
+            "autoscale",
+            "rule",
+            "add",
+            "p",
+            "--metric",
+            "Requests",
+            "--op",
+            "GreaterThan",
+            "--threshold",
+            "1",
+            "--window",
+            "5m",
+            "--action",
+            "grow:2",
+        ])
+        .await;
+    assert!(err.contains("increase-count"), "{err}");
     s.stop().await;
 }

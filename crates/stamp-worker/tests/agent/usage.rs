@@ -73,51 +73,61 @@ fn of<'a>(usage: &'a [InstanceUsage], id: &InstanceId) -> Option<&'a InstanceUsa
     usage.iter().find(|u| u.id == *id)
 }
 
+/// Waits until a sample shows instance `id` using more than half a core. Any one sample will
+/// do: on a loaded machine an interval may fall short.
+async fn until_busy(rx: &mut watch::Receiver<Vec<InstanceUsage>>, id: &InstanceId, what: &str) {
+    let what = format!("{what} at more than half a core");
+    until_usage(rx, &what, |u| of(u, id).is_some_and(|u| u.cpu_cores > 0.5)).await;
+}
+
 #[tokio::test]
 async fn cpu_is_sampled_for_the_whole_process_group() {
     let rig = Rig::new();
     let agent = agent(&rig).await;
+    let mut observed = agent.observed();
+    let mut usage = agent.usage();
+    let idle_spec = rig.spec(2, 1, "python3 usage.py idle");
+    // One burner at a time, so that on a machine of two cores each gets a whole one.
     agent.set_desired(vec![
         rig.spec(0, 1, "python3 usage.py busy"),
-        // The shell forks the burner into the background, then becomes the (idle) server.
-        rig.spec(1, 1, "python3 usage.py burn & exec python3 usage.py idle"),
-        rig.spec(2, 1, "python3 usage.py idle"),
+        idle_spec.clone(),
     ]);
-    let observed = until(&mut agent.observed(), "three ready instances", all_ready(3)).await;
-    let [busy, forked, idle] = [0, 1, 2].map(|i| observed[i].id.clone());
+    let ready = until(&mut observed, "two ready instances", all_ready(2)).await;
+    let [busy, idle] = [0, 1].map(|i| ready[i].id.clone());
+    until_busy(&mut usage, &busy, "the busy instance").await;
 
-    // The peak over the samples seen: on a loaded machine one interval may fall short.
-    let mut usage = agent.usage();
-    let (mut busy_peak, mut forked_peak) = (0.0_f64, 0.0_f64);
-    until_usage(
-        &mut usage,
-        "both busy instances at more than half a core",
-        |u| {
-            if let Some(u) = of(u, &busy) {
-                busy_peak = busy_peak.max(u.cpu_cores);
-            }
-            if let Some(u) = of(u, &forked) {
-                forked_peak = forked_peak.max(u.cpu_cores);
-            }
-            busy_peak > 0.5 && forked_peak > 0.5
+    // The idle one, a few samples on: the first may still hold its interpreter's start-up.
+    for _ in 0..3 {
+        tokio::time::timeout(USAGE_WAIT, usage.changed())
+            .await
+            .expect("a new sample")
+            .expect("the agent runs");
+    }
+    let latest = usage.borrow_and_update().clone();
+    let sample = of(&latest, &idle).unwrap();
+    assert!(sample.cpu_cores < 0.2, "idle instance: {sample:?}");
+    assert_eq!(sample.key, idle_spec.key);
+    let keys: Vec<_> = latest.iter().map(|u| u.key.worker.index).collect();
+    assert_eq!(keys, [0, 2], "sorted by key");
+
+    // The shell forks the burner into the background, then becomes the (idle) server: the
+    // group's CPU is the child's.
+    agent.set_desired(vec![
+        rig.spec(1, 1, "python3 usage.py burn & exec python3 usage.py idle"),
+        idle_spec,
+    ]);
+    let ready = until(
+        &mut observed,
+        "the forking instance ready, the busy one gone",
+        |o| {
+            o.len() == 2
+                && o.iter()
+                    .all(|i| i.state == InstanceState::Ready && i.id != busy)
         },
     )
     .await;
-
-    // The idle one, a few samples on: the first may still hold its interpreter's start-up.
-    let mut latest = Vec::new();
-    for _ in 0..3 {
-        usage.mark_unchanged();
-        latest = until_usage(&mut usage, "a sample of the idle instance", |u| {
-            of(u, &idle).is_some()
-        })
-        .await;
-    }
-    let sample = of(&latest, &idle).unwrap();
-    assert!(sample.cpu_cores < 0.2, "idle instance: {sample:?}");
-    assert_eq!(sample.key, observed[2].spec.key);
-    let keys: Vec<_> = latest.iter().map(|u| u.key.worker.index).collect();
-    assert!(keys.is_sorted(), "sorted by key: {keys:?}");
+    let forked = ready[0].id.clone();
+    until_busy(&mut usage, &forked, "the forked child").await;
 
     agent.shutdown().await;
 }
