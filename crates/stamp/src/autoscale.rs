@@ -234,9 +234,12 @@ pub struct SimulateArgs {
 
 #[derive(clap::Args)]
 pub struct InflationArgs {
+    /// Plans whose stored setting to read from the stamp's API (needs a running stamp).
+    #[arg(value_name = "PLAN", required_unless_present = "settings")]
+    plans: Vec<String>,
     /// An autoscale setting (Azure JSON). Repeat for plans sharing a worker pool; each plan is
     /// named after the `serverfarms/<plan>` of the setting's `targetResourceUri`, else the file.
-    #[arg(long = "setting", value_name = "FILE", required = true)]
+    #[arg(long = "setting", value_name = "FILE")]
     settings: Vec<PathBuf>,
     /// A manually scaled plan in the same worker pool, with its number of workers. Repeatable.
     #[arg(long = "workers", value_name = "PLAN=N", value_parser = parse_workers)]
@@ -369,7 +372,7 @@ fn run_inflation(global: &Global, args: InflationArgs) -> anyhow::Result<()> {
         relaxed: args.relaxed,
         max_instances: None,
     };
-    let settings = args
+    let mut settings = args
         .settings
         .iter()
         .map(|path| {
@@ -377,6 +380,14 @@ fn run_inflation(global: &Global, args: InflationArgs) -> anyhow::Result<()> {
             Ok((plan_name(path, &setting), setting))
         })
         .collect::<anyhow::Result<Vec<(String, Setting)>>>()?;
+    if !args.plans.is_empty() {
+        let stored = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("start the async runtime")?
+            .block_on(stored_settings(global, &args.plans))?;
+        settings.extend(stored);
+    }
 
     if let [(_, setting)] = settings.as_slice()
         && args.workers.is_empty()
@@ -402,6 +413,26 @@ fn run_inflation(global: &Global, args: InflationArgs) -> anyhow::Result<()> {
         .collect();
     let pool = pool_inflation(&members, at);
     output::show(global.output, &pool, |p| print!("{}", p.render()))
+}
+
+/// The stored settings of `plans`, read through the API and validated as the service does.
+async fn stored_settings(
+    global: &Global,
+    plans: &[String],
+) -> anyhow::Result<Vec<(String, Setting)>> {
+    let c = crate::cli::client(global)?;
+    let mut out = Vec::new();
+    for plan in plans {
+        let view = c.autoscale(plan).await?;
+        let options = ValidationOptions {
+            relaxed: true,
+            max_instances: None,
+        };
+        let setting = Setting::from_json(&view.setting.to_string(), &options)
+            .with_context(|| format!("read the stored setting of plan {plan}"))?;
+        out.push((plan.clone(), setting));
+    }
+    Ok(out)
 }
 
 /// Reads and validates a setting file. On refusal the error lists every problem with its JSON

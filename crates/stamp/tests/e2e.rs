@@ -1067,12 +1067,57 @@ async fn cpu_load_scales_the_plan_out_and_back_in() {
             "scaleAction": {"direction": direction, "type": "ChangeCount", "value": "1", "cooldown": "PT2S"}
         })
     };
+    // A webhook receiver: every POST body goes to `hooks`.
+    let hook_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook_addr = hook_listener.local_addr().unwrap();
+    let (hooks_tx, mut hooks) = tokio::sync::mpsc::unbounded_channel::<String>();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut conn, _)) = hook_listener.accept().await {
+            let tx = hooks_tx.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Ok(n) = conn.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).to_string();
+                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                        let len = head
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                            })
+                            .unwrap_or(0);
+                        if body.len() >= len {
+                            let _ = tx.send(body.to_string());
+                            let _ = conn
+                                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                                .await;
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
     let setting = serde_json::json!({
         "enabled": true,
         "profiles": [{
             "name": "default",
             "capacity": {"minimum": "1", "maximum": "2", "default": "1"},
             "rules": [rule("GreaterThan", 50.0, "Increase"), rule("LessThan", 10.0, "Decrease")]
+        }],
+        "notifications": [{
+            "operation": "Scale",
+            "webhooks": [{"serviceUri": format!("http://{hook_addr}/hook"), "properties": {"team": "web"}}]
         }]
     });
     // An invalid setting is refused with its problems listed, and nothing is set.
@@ -1135,6 +1180,16 @@ async fn cpu_load_scales_the_plan_out_and_back_in() {
     for l in load {
         l.await.unwrap();
     }
+    // The webhook got Azure's payload for the scale-out.
+    let hook = tokio::time::timeout(Duration::from_secs(20), hooks.recv())
+        .await
+        .expect("a webhook within 20 s")
+        .unwrap();
+    let hook: Value = serde_json::from_str(&hook).unwrap();
+    assert_eq!(hook["operation"], "Scale Out", "{hook:#}");
+    assert_eq!(hook["context"]["oldCapacity"], "1", "{hook:#}");
+    assert_eq!(hook["context"]["newCapacity"], "2", "{hook:#}");
+    assert_eq!(hook["properties"]["team"], "web", "{hook:#}");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while workers(s.json(&["plan", "show", "p"]).await) > 1 {
         assert!(
@@ -1160,6 +1215,10 @@ async fn cpu_load_scales_the_plan_out_and_back_in() {
         logs.contains("autoscale: plan p from 2 to 1 workers"),
         "{logs}"
     );
+    // Inflation of the stored setting: +1 per 2 s cooldown = 1800 instances an hour.
+    let rates = s.json(&["autoscale", "inflation", "p"]).await;
+    assert!(rates.to_string().contains("1800"), "{rates:#}");
+
     // The rule shortcut adds to the stored setting; a bad action is refused.
     s.ok(&[
         "autoscale",
