@@ -136,6 +136,34 @@ fn site_json(site: &SiteConfig) -> Result<String> {
     serde_json::to_string(&stored).map_err(corrupt)
 }
 
+/// Maps a unique-constraint violation to `Conflict` on `kind` `name`; other errors pass.
+fn conflict(
+    kind: &'static str,
+    name: impl Into<String>,
+) -> impl FnOnce(rusqlite::Error) -> StoreError {
+    move |e| {
+        if is_unique_violation(&e) {
+            StoreError::Conflict {
+                kind,
+                name: name.into(),
+            }
+        } else {
+            e.into()
+        }
+    }
+}
+
+/// `NotFound` on `kind` `name` when a statement changed no row.
+fn found(changed: usize, kind: &'static str, name: impl Into<String>) -> Result<()> {
+    if changed == 0 {
+        return Err(StoreError::NotFound {
+            kind,
+            name: name.into(),
+        });
+    }
+    Ok(())
+}
+
 fn is_unique_violation(e: &rusqlite::Error) -> bool {
     matches!(
         e,
@@ -201,16 +229,7 @@ impl Store {
                     plan.created_at.0
                 ],
             )
-            .map_err(|e| {
-                if is_unique_violation(&e) {
-                    StoreError::Conflict {
-                        kind: "plan",
-                        name: plan.name.to_string(),
-                    }
-                } else {
-                    e.into()
-                }
-            })?;
+            .map_err(conflict("plan", plan.name.to_string()))?;
             Ok(())
         })
     }
@@ -251,13 +270,7 @@ impl Store {
                 "UPDATE plans SET workers = ?2 WHERE name = ?1",
                 params![name.as_str(), workers],
             )?;
-            if n == 0 {
-                return Err(StoreError::NotFound {
-                    kind: "plan",
-                    name: name.to_string(),
-                });
-            }
-            Ok(())
+            found(n, "plan", name.to_string())
         })
     }
 
@@ -276,13 +289,7 @@ impl Store {
                 });
             }
             let n = tx.execute("DELETE FROM plans WHERE name = ?1", [name.as_str()])?;
-            if n == 0 {
-                return Err(StoreError::NotFound {
-                    kind: "plan",
-                    name: name.to_string(),
-                });
-            }
-            Ok(())
+            found(n, "plan", name.to_string())
         })
     }
 
@@ -296,13 +303,7 @@ impl Store {
                 "INSERT INTO apps (name, plan, settings, generation, created_at, site) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 params![app.name.as_str(), app.plan.as_str(), settings, app.generation, app.created_at.0, site],
             )
-            .map_err(|e| {
-                if is_unique_violation(&e) {
-                    StoreError::Conflict { kind: "app", name: app.name.to_string() }
-                } else {
-                    e.into()
-                }
-            })?;
+            .map_err(conflict("app", app.name.to_string()))?;
             Ok(())
         })
     }
@@ -362,13 +363,7 @@ impl Store {
     pub fn delete_app(&self, name: &AppName) -> Result<()> {
         self.with(|c| {
             let n = c.execute("DELETE FROM apps WHERE name = ?1", [name.as_str()])?;
-            if n == 0 {
-                return Err(StoreError::NotFound {
-                    kind: "app",
-                    name: name.to_string(),
-                });
-            }
-            Ok(())
+            found(n, "app", name.to_string())
         })
     }
 
@@ -380,13 +375,7 @@ impl Store {
                 "UPDATE apps SET site = ?2 WHERE name = ?1",
                 params![name.as_str(), site_json(site)?],
             )?;
-            if n == 0 {
-                return Err(StoreError::NotFound {
-                    kind: "app",
-                    name: name.to_string(),
-                });
-            }
-            Ok(())
+            found(n, "app", name.to_string())
         })
     }
 
@@ -397,16 +386,7 @@ impl Store {
                 "INSERT INTO domains (domain, app) VALUES (?1, ?2)",
                 params![domain, app.as_str()],
             )
-            .map_err(|e| {
-                if is_unique_violation(&e) {
-                    StoreError::Conflict {
-                        kind: "domain",
-                        name: domain.to_string(),
-                    }
-                } else {
-                    e.into()
-                }
-            })?;
+            .map_err(conflict("domain", domain.to_string()))?;
             Ok(())
         })
     }
@@ -417,13 +397,7 @@ impl Store {
                 "DELETE FROM domains WHERE domain = ?1 AND app = ?2",
                 params![domain, app.as_str()],
             )?;
-            if n == 0 {
-                return Err(StoreError::NotFound {
-                    kind: "domain",
-                    name: format!("{domain} on app {app}"),
-                });
-            }
-            Ok(())
+            found(n, "domain", format!("{domain} on app {app}"))
         })
     }
 
@@ -443,16 +417,7 @@ impl Store {
                     cert.created_at.0
                 ],
             )
-            .map_err(|e| {
-                if is_unique_violation(&e) {
-                    StoreError::Conflict {
-                        kind: "certificate",
-                        name: cert.thumbprint.clone(),
-                    }
-                } else {
-                    e.into()
-                }
-            })?;
+            .map_err(conflict("certificate", cert.thumbprint.clone()))?;
             Ok(())
         })
     }
@@ -497,13 +462,7 @@ impl Store {
                 "DELETE FROM certificates WHERE app = ?1 AND thumbprint = ?2",
                 params![app.as_str(), thumbprint],
             )?;
-            if n == 0 {
-                return Err(StoreError::NotFound {
-                    kind: "certificate",
-                    name: format!("{thumbprint} on app {app}"),
-                });
-            }
-            Ok(())
+            found(n, "certificate", format!("{thumbprint} on app {app}"))
         })
     }
 
@@ -724,26 +683,14 @@ impl Store {
                 "UPDATE autoscale SET enabled = ?2, updated_at = ?3 WHERE plan = ?1",
                 params![plan.as_str(), enabled, now.0],
             )?;
-            if n == 0 {
-                return Err(StoreError::NotFound {
-                    kind: "autoscale setting for plan",
-                    name: plan.to_string(),
-                });
-            }
-            Ok(())
+            found(n, "autoscale setting for plan", plan.to_string())
         })
     }
 
     pub fn delete_autoscale(&self, plan: &PlanName) -> Result<()> {
         self.with(|c| {
             let n = c.execute("DELETE FROM autoscale WHERE plan = ?1", [plan.as_str()])?;
-            if n == 0 {
-                return Err(StoreError::NotFound {
-                    kind: "autoscale setting for plan",
-                    name: plan.to_string(),
-                });
-            }
-            Ok(())
+            found(n, "autoscale setting for plan", plan.to_string())
         })
     }
 
