@@ -448,6 +448,8 @@ async fn delete_plan(
     let name = plan_name(&name)?;
     let _w = c.inner.writer.lock().await;
     c.store().delete_plan(&name)?;
+    c.inner.metrics.forget(&name);
+    c.inner.autoscale_memory.forget(&name);
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -588,6 +590,7 @@ async fn delete_autoscale(
     c.store()
         .delete_autoscale(&plan)
         .map_err(|e| no_setting(e, &plan))?;
+    c.inner.autoscale_memory.forget(&plan);
     c.event_for_plan_apps(
         &plan,
         &format!("autoscale: setting for plan {plan} deleted"),
@@ -648,6 +651,20 @@ async fn post_metric(
         return Err(ApiError::invalid(
             "metric names use letters, digits, spaces and _-./ (at most 128 characters)",
         ));
+    }
+    if crate::autoscale::BUILT_IN_METRICS.contains(&req.metric.as_str()) {
+        return Err(ApiError::invalid(format!(
+            "{} is measured by Stamp itself; give a custom metric another name",
+            req.metric
+        )));
+    }
+    if !c.inner.metrics.has(&plan, &req.metric)
+        && c.inner.metrics.metric_count(&plan) >= crate::autoscale::MAX_METRICS_PER_PLAN
+    {
+        return Err(ApiError::limit(format!(
+            "plan {plan} already has {} metrics; reuse a metric name",
+            crate::autoscale::MAX_METRICS_PER_PLAN
+        )));
     }
     if !req.value.is_finite() {
         return Err(ApiError::invalid(
@@ -960,6 +977,17 @@ async fn list_access_rules(
 fn network(s: &str) -> ApiResult<ipnet::IpNet> {
     s.parse::<ipnet::IpNet>()
         .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map(|n| match n {
+            // A rule on an IPv4-mapped IPv6 network means the IPv4 network: client addresses
+            // are compared as IPv4.
+            ipnet::IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
+                Some(v4) => ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96)
+                    .map(ipnet::IpNet::V4)
+                    .unwrap_or(n),
+                None => n,
+            },
+            n => n,
+        })
         .map(|n| n.trunc())
         .map_err(|_| {
             ApiError::invalid(format!(
@@ -1095,7 +1123,15 @@ async fn upload_certificate(
         )));
     }
     let _w = c.inner.writer.lock().await;
-    c.store().app(&name)?;
+    let app = c.store().app(&name)?;
+    if crate::served_names(&summary.hostnames, &app, &c.inner.config.domain).is_empty() {
+        return Err(ApiError::invalid(format!(
+            "the certificate is for {}, none of which is a hostname of app {name} ({}.{} and its custom domains); add the custom domain first (stamp domain add {name} <domain>)",
+            summary.hostnames.join(", "),
+            name,
+            c.inner.config.domain
+        )));
+    }
     let cert = Certificate {
         app: name.clone(),
         thumbprint: summary.thumbprint,

@@ -11,8 +11,9 @@
 //! - `AverageResponseTime`: seconds, mean over the second's requests (no sample without one);
 //! - custom metrics posted through the API, under their own names.
 //!
-//! Grains are aligned to multiples of their size from the Unix epoch. Samples are kept for
-//! [`RETENTION_SECS`]; longer windows see only what is kept.
+//! Grains are cut back from the end of the rule's window, so a window that is a multiple of its
+//! grain is partitioned exactly. Samples are kept for [`RETENTION_SECS`]; longer windows see
+//! only what is kept.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Mutex;
@@ -28,6 +29,20 @@ use crate::Controller;
 /// How long one-second samples are kept: Azure's longest window is 12 h; a day's worth per
 /// metric per plan is ~1.4 MB, so keep 2 h and say so.
 pub const RETENTION_SECS: i64 = 2 * 3600;
+/// The metrics Stamp measures itself; a custom metric may not take these names.
+pub const BUILT_IN_METRICS: &[&str] = &[
+    "CpuPercentage",
+    "MemoryPercentage",
+    "HttpQueueLength",
+    "Requests",
+    "Http5xx",
+    "BytesReceived",
+    "BytesSent",
+    "AverageResponseTime",
+];
+/// Distinct metrics kept per plan (built-in ones included), so posting many names cannot grow
+/// memory without bound.
+pub const MAX_METRICS_PER_PLAN: usize = 64;
 /// Evaluations kept per plan as its run history.
 pub const HISTORY_KEEP: usize = 1000;
 
@@ -81,6 +96,38 @@ impl MetricStore {
         }
     }
 
+    /// Drops samples older than the retention from every series, and series left empty.
+    pub fn trim(&self, second: i64) {
+        let mut series = self.series.lock().unwrap_or_else(|p| p.into_inner());
+        for s in series.values_mut() {
+            while s
+                .front()
+                .is_some_and(|(sec, _)| *sec < second - RETENTION_SECS)
+            {
+                s.pop_front();
+            }
+        }
+        series.retain(|_, s| !s.is_empty());
+    }
+
+    /// How many metrics a plan has samples of.
+    pub fn metric_count(&self, plan: &PlanName) -> usize {
+        self.series
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .filter(|(p, _)| p == plan)
+            .count()
+    }
+
+    /// Whether the plan has samples of `metric`.
+    pub fn has(&self, plan: &PlanName, metric: &str) -> bool {
+        self.series
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(&(plan.clone(), metric.to_string()))
+    }
+
     /// Forgets a deleted plan.
     pub fn forget(&self, plan: &PlanName) {
         self.series
@@ -108,10 +155,14 @@ impl Metrics for PlanMetrics<'_> {
         };
         let grain = i64::try_from(q.grain.as_secs()).unwrap_or(i64::MAX).max(1);
         let (from, to) = (q.from.timestamp(), q.to.timestamp());
+        // Grains are cut back from the window's end, so they partition the window exactly and
+        // none is cut short (a partial grain would hold a fraction of a count metric's total).
         let mut grains: BTreeMap<i64, Stats> = BTreeMap::new();
         for (sec, stats) in s.iter().filter(|(sec, _)| *sec >= from && *sec < to) {
-            let start = sec - sec.rem_euclid(grain);
-            grains.entry(start).or_insert(Stats::EMPTY).merge(stats);
+            let start = to - ((to - 1 - sec) / grain + 1) * grain;
+            if start >= from {
+                grains.entry(start).or_insert(Stats::EMPTY).merge(stats);
+            }
         }
         out.extend(grains.into_iter().filter_map(|(start, stats)| {
             Some(Grain {
@@ -130,6 +181,22 @@ fn utc(ms: Millis) -> DateTime<Utc> {
 #[derive(Default)]
 pub(crate) struct RunMemory {
     by_plan: Mutex<HashMap<PlanName, (bool, Option<String>)>>,
+    /// The last scale failure logged per plan.
+    failures: Mutex<HashMap<PlanName, String>>,
+}
+
+impl RunMemory {
+    /// Forgets a plan (deleted, or its setting deleted).
+    pub(crate) fn forget(&self, plan: &PlanName) {
+        self.by_plan
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(plan);
+        self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(plan);
+    }
 }
 
 impl Controller {
@@ -197,12 +264,18 @@ impl Controller {
                 continue;
             };
             for worker in 0..plan.workers {
-                let (cpu, mem) = usage
+                let mine: Vec<&WorkerUsage> = usage
                     .iter()
                     .filter(|u| u.plan == plan.name && u.worker == worker)
-                    .fold((0.0, 0u64), |(c, m), u| {
-                        (c + u.cpu_cores, m + u.memory_bytes)
-                    });
+                    .collect();
+                // A worker whose instances are not measured yet (just added, restarting) has no
+                // sample rather than a 0 % one, which would drag the plan's average down.
+                if mine.is_empty() {
+                    continue;
+                }
+                let (cpu, mem) = mine.iter().fold((0.0, 0u64), |(c, m), u| {
+                    (c + u.cpu_cores, m + u.memory_bytes)
+                });
                 let cpu_pct = cpu * 100_000.0 / f64::from(sku.millicores.max(1));
                 let mem_pct = mem as f64 * 100.0 / (f64::from(sku.memory_mib) * 1024.0 * 1024.0);
                 metrics.record(&plan.name, "CpuPercentage", second, cpu_pct);
@@ -210,6 +283,7 @@ impl Controller {
             }
         }
         *previous = counters.into_iter().map(|c| (c.app.clone(), c)).collect();
+        metrics.trim(second);
         Ok(())
     }
 
@@ -242,8 +316,13 @@ impl Controller {
         Ok(())
     }
 
-    async fn autoscale_plan(&self, record: &stamp_model::AutoscaleRecord) -> anyhow::Result<()> {
+    async fn autoscale_plan(&self, listed: &stamp_model::AutoscaleRecord) -> anyhow::Result<()> {
         let _w = self.inner.writer.lock().await;
+        // Read again under the lock: a change committed since the listing wins.
+        let record = match self.inner.store.autoscale(&listed.plan) {
+            Ok(r) if r.enabled => r,
+            _ => return Ok(()),
+        };
         let plan = self.inner.store.plan(&record.plan)?;
         let sku = Sku::find(&plan.sku).map_err(anyhow::Error::msg)?;
         let setting = parse_setting(&record.setting_json, sku.max_instances)?;
@@ -302,13 +381,21 @@ impl Controller {
                         to: target,
                         error: e.to_string(),
                     });
-                    self.event_for_plan_apps(
-                        &plan.name,
-                        &format!(
-                            "autoscale: scale of plan {} from {} to {target} failed: {e}",
-                            plan.name, plan.workers
-                        ),
+                    // Retried every run; said in the log only when the failure changes.
+                    let text = format!(
+                        "autoscale: scale of plan {} from {} to {target} failed: {e}",
+                        plan.name, plan.workers
                     );
+                    let mut failures = self
+                        .inner
+                        .autoscale_memory
+                        .failures
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner());
+                    if failures.get(&plan.name) != Some(&text) {
+                        self.event_for_plan_apps(&plan.name, &text);
+                        failures.insert(plan.name.clone(), text);
+                    }
                 }
             }
         }
@@ -323,6 +410,12 @@ impl Controller {
             .store
             .record_autoscale_run(&run, scaled_to, HISTORY_KEEP)?;
         if scaled_to.is_some() {
+            self.inner
+                .autoscale_memory
+                .failures
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&plan.name);
             self.event_for_plan_apps(
                 &plan.name,
                 &format!(
@@ -385,4 +478,57 @@ pub fn parse_setting(
             max_instances: Some(max_instances),
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn query(metric: &str, from: i64, to: i64, grain: u64) -> Vec<(i64, u64, f64)> {
+        let store = MetricStore::default();
+        let plan = PlanName::parse("p").unwrap();
+        for sec in 100..220 {
+            store.record(&plan, "Requests", sec, 1.0);
+            store.record(&plan, "Requests", sec, 2.0);
+        }
+        let q = MetricQuery {
+            metric,
+            namespace: None,
+            resource: None,
+            dimensions: &[],
+            from: DateTime::from_timestamp(from, 0).unwrap(),
+            to: DateTime::from_timestamp(to, 0).unwrap(),
+            grain: Duration::from_secs(grain),
+        };
+        let mut out = Vec::new();
+        store.for_plan(&plan).grains(&q, &mut out);
+        out.iter()
+            .map(|g| (g.start.timestamp(), g.stats.count, g.stats.sum))
+            .collect()
+    }
+
+    #[test]
+    fn grains_partition_the_window_from_its_end() {
+        // Two samples a second (two workers), 3 s grains over a 9 s window ending at 215.
+        assert_eq!(
+            query("Requests", 206, 215, 3),
+            [(206, 6, 9.0), (209, 6, 9.0), (212, 6, 9.0)]
+        );
+        // A window of one grain, not aligned to anything, is one whole grain.
+        assert_eq!(query("Requests", 150, 210, 60), [(150, 120, 180.0)]);
+        // Before the first sample: only what exists; another metric: nothing.
+        assert_eq!(query("Requests", 90, 102, 6), [(96, 4, 6.0)]);
+        assert!(query("Http5xx", 100, 200, 10).is_empty());
+    }
+
+    #[test]
+    fn old_samples_and_empty_series_are_trimmed() {
+        let store = MetricStore::default();
+        let plan = PlanName::parse("p").unwrap();
+        store.record(&plan, "Custom", 0, 1.0);
+        assert!(store.has(&plan, "Custom"));
+        store.trim(RETENTION_SECS + 10);
+        assert!(!store.has(&plan, "Custom"));
+        assert_eq!(store.metric_count(&plan), 0);
+    }
 }

@@ -52,6 +52,30 @@ pub trait FrontEnd: Send + Sync + 'static {
     fn inspect_certificate(&self, cert_pem: &str, key_pem: &str) -> Result<CertSummary, String>;
 }
 
+/// The hostnames of `app` a certificate naming `cert_names` may be served for: its default
+/// hostname and custom domains that the certificate covers (exactly, or by a one-label
+/// wildcard), and its wildcard custom domains the certificate names exactly.
+pub fn served_names(cert_names: &[String], app: &stamp_model::App, domain: &str) -> Vec<String> {
+    let covers = |name: &str, host: &str| {
+        name == host
+            || name.strip_prefix("*.").is_some_and(|parent| {
+                !host.starts_with("*.")
+                    && host
+                        .split_once('.')
+                        .is_some_and(|(label, rest)| !label.is_empty() && rest == parent)
+            })
+    };
+    let mut owned = vec![format!("{}.{domain}", app.name)];
+    owned.extend(app.site.domains.iter().cloned());
+    let mut names: Vec<String> = owned
+        .into_iter()
+        .filter(|host| cert_names.iter().any(|n| covers(n, host)))
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
 /// What the front end found in an uploaded certificate.
 #[derive(Debug, Clone)]
 pub struct CertSummary {
@@ -162,7 +186,18 @@ impl Controller {
                 .collect(),
         );
         self.inner.node.set_desired(desired);
-        self.inner.frontend.set_certificates(&store.certificates()?);
+        // A certificate is served only for hostnames its app owns now, so an app cannot take
+        // over another app's name by uploading a certificate for it.
+        let certs: Vec<Certificate> = store
+            .certificates()?
+            .into_iter()
+            .filter_map(|mut cert| {
+                let app = apps.iter().find(|a| a.name == cert.app)?;
+                cert.hostnames = served_names(&cert.hostnames, app, &self.inner.config.domain);
+                (!cert.hostnames.is_empty()).then_some(cert)
+            })
+            .collect();
+        self.inner.frontend.set_certificates(&certs);
         Ok(())
     }
 
@@ -270,5 +305,33 @@ impl Controller {
             used.memory_mib = used.memory_mib.saturating_add(u.memory_mib);
         }
         Ok(used)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn certificates_serve_only_names_their_app_owns() {
+        let mut app = stamp_model::App {
+            name: AppName::parse("a").unwrap(),
+            plan: stamp_model::PlanName::parse("p").unwrap(),
+            settings: Default::default(),
+            generation: 0,
+            site: SiteConfig::default(),
+            created_at: stamp_model::Millis(0),
+        };
+        app.site.domains = vec!["www.example.com".into(), "*.shop.example.com".into()];
+        let names = |cert: &[&str]| {
+            let cert: Vec<String> = cert.iter().map(|s| s.to_string()).collect();
+            served_names(&cert, &app, "localhost")
+        };
+        assert_eq!(names(&["www.example.com"]), ["www.example.com"]);
+        assert_eq!(names(&["*.example.com"]), ["www.example.com"]);
+        assert_eq!(names(&["*.localhost"]), ["a.localhost"]);
+        assert_eq!(names(&["*.shop.example.com"]), ["*.shop.example.com"]);
+        assert!(names(&["b.localhost", "other.example.com"]).is_empty());
+        assert!(names(&["*.com"]).is_empty());
     }
 }
