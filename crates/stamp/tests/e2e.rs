@@ -714,6 +714,7 @@ async fn front_end_settings_from_the_cli() {
         .build()
         .unwrap();
     let port = s.http.port();
+    let root = format!("http://hello.localhost:{port}/");
 
     // Custom domain: requests for it reach the app; it belongs to one app at most.
     s.ok(&["domain", "add", "hello", "www.example.com"]).await;
@@ -753,11 +754,7 @@ async fn front_end_settings_from_the_cli() {
     );
 
     // Affinity on by default: the cookie pins the client to one instance.
-    let r = client
-        .get(format!("http://hello.localhost:{port}/"))
-        .send()
-        .await
-        .unwrap();
+    let r = client.get(&root).send().await.unwrap();
     let cookie = r
         .headers()
         .get_all("set-cookie")
@@ -778,11 +775,7 @@ async fn front_end_settings_from_the_cli() {
     }
     s.ok(&["app", "update", "hello", "--client-affinity", "false"])
         .await;
-    let r = client
-        .get(format!("http://hello.localhost:{port}/"))
-        .send()
-        .await
-        .unwrap();
+    let r = client.get(&root).send().await.unwrap();
     assert!(r.headers().get("set-cookie").is_none());
 
     // Access restrictions: deny loopback → 403; a higher-priority allow wins; removing restores.
@@ -798,11 +791,7 @@ async fn front_end_settings_from_the_cli() {
         "block",
     ])
     .await;
-    let r = client
-        .get(format!("http://hello.localhost:{port}/"))
-        .send()
-        .await
-        .unwrap();
+    let r = client.get(&root).send().await.unwrap();
     assert_eq!(r.status(), 403);
     assert_eq!(r.headers()["x-stamp-error"], "access-denied");
     s.ok(&[
@@ -817,11 +806,7 @@ async fn front_end_settings_from_the_cli() {
         "me",
     ])
     .await;
-    let r = client
-        .get(format!("http://hello.localhost:{port}/"))
-        .send()
-        .await
-        .unwrap();
+    let r = client.get(&root).send().await.unwrap();
     assert_eq!(r.status(), 200);
     let rules = s.json(&["access", "list", "hello"]).await;
     assert_eq!(rules[0]["name"], "me", "{rules:#}");
@@ -839,11 +824,7 @@ async fn front_end_settings_from_the_cli() {
     assert!(err.contains("not an IP network"), "{err}");
     s.ok(&["access", "remove", "hello", "me"]).await;
     s.ok(&["access", "remove", "hello", "block"]).await;
-    let r = client
-        .get(format!("http://hello.localhost:{port}/"))
-        .send()
-        .await
-        .unwrap();
+    let r = client.get(&root).send().await.unwrap();
     assert_eq!(r.status(), 200);
 
     // HTTPS only: plain HTTP is redirected with 301.
