@@ -1129,6 +1129,17 @@ async fn cpu_load_scales_the_plan_out_and_back_in() {
         .await;
     assert_eq!(shown["enabled"], true);
     assert_eq!(shown["profiles"], serde_json::json!(["default"]));
+    // A bad setting over a good one changes nothing.
+    s.fails(&[
+        "autoscale",
+        "set",
+        "p",
+        "--file",
+        bad_file.to_str().unwrap(),
+    ])
+    .await;
+    let kept = s.json(&["autoscale", "show", "p"]).await;
+    assert_eq!(kept["setting"], setting, "{kept:#}");
 
     // Load: two clients keep the instance's CPU busy.
     let stop = Arc::new(AtomicBool::new(false));
