@@ -932,13 +932,9 @@ async fn add_domain(
         )));
     }
     c.store().add_domain(&name, &domain).map_err(|e| match e {
-        stamp_store::StoreError::Conflict { .. } => ApiError {
-            status: StatusCode::CONFLICT,
-            code: wire::codes::CONFLICT,
-            message: format!(
+        stamp_store::StoreError::Conflict { .. } => ApiError::conflict(format!(
                 "{domain} already belongs to another app; remove it there first (stamp domain remove <app> {domain})"
-            ),
-        },
+            )),
         e => e.into(),
     })?;
     c.inner
@@ -1029,14 +1025,10 @@ async fn add_access_rule(
     );
     let app = change_site(&c, &name, &event, |mut site| {
         if site.access_rules.iter().any(|r| r.name == rule.name) {
-            return Err(ApiError {
-                status: StatusCode::CONFLICT,
-                code: wire::codes::CONFLICT,
-                message: format!(
-                    "access rule {} already exists; remove it first or choose another --name",
-                    rule.name
-                ),
-            });
+            return Err(ApiError::conflict(format!(
+                "access rule {} already exists; remove it first or choose another --name",
+                rule.name
+            )));
         }
         site.access_rules.push(rule);
         site.sort_rules();
@@ -1142,11 +1134,10 @@ async fn upload_certificate(
         created_at: now,
     };
     c.store().add_certificate(&cert).map_err(|e| match e {
-        stamp_store::StoreError::Conflict { .. } => ApiError {
-            status: StatusCode::CONFLICT,
-            code: wire::codes::CONFLICT,
-            message: format!("app {name} already has the certificate {}", cert.thumbprint),
-        },
+        stamp_store::StoreError::Conflict { .. } => ApiError::conflict(format!(
+            "app {name} already has the certificate {}",
+            cert.thumbprint
+        )),
         e => e.into(),
     })?;
     c.inner.logs.event(

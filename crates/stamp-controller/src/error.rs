@@ -31,6 +31,14 @@ impl ApiError {
         }
     }
 
+    pub fn conflict(message: impl std::fmt::Display) -> ApiError {
+        ApiError {
+            status: StatusCode::CONFLICT,
+            code: codes::CONFLICT,
+            message: message.to_string(),
+        }
+    }
+
     pub fn unauthorized(message: impl std::fmt::Display) -> ApiError {
         ApiError {
             status: StatusCode::UNAUTHORIZED,
@@ -73,16 +81,12 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
         match e {
             StoreError::NotFound { .. } => ApiError::not_found(e),
-            StoreError::Conflict { kind, ref name } => ApiError {
-                status: StatusCode::CONFLICT,
-                code: codes::CONFLICT,
-                message: match kind {
-                    "plan with apps" => format!(
-                        "plan {name} still has apps; delete them or move them to another plan first"
-                    ),
-                    _ => format!("{kind} {name} already exists; choose another name"),
-                },
-            },
+            StoreError::Conflict { kind, ref name } => ApiError::conflict(match kind {
+                "plan with apps" => format!(
+                    "plan {name} still has apps; delete them or move them to another plan first"
+                ),
+                _ => format!("{kind} {name} already exists; choose another name"),
+            }),
             e => ApiError::internal(e),
         }
     }

@@ -235,10 +235,26 @@ impl Store {
     }
 
     pub fn plans(&self) -> Result<Vec<Plan>> {
+        self.query_plans(None)
+    }
+
+    pub fn plan(&self, name: &PlanName) -> Result<Plan> {
+        self.query_plans(Some(name.as_str()))?
+            .pop()
+            .ok_or_else(|| StoreError::NotFound {
+                kind: "plan",
+                name: name.to_string(),
+            })
+    }
+
+    /// Every plan, or only the one named `only`.
+    fn query_plans(&self, only: Option<&str>) -> Result<Vec<Plan>> {
         self.with(|c| {
-            let mut stmt =
-                c.prepare("SELECT name, sku, workers, created_at FROM plans ORDER BY name")?;
-            let rows = stmt.query_map([], |r| {
+            let mut stmt = c.prepare(
+                "SELECT name, sku, workers, created_at FROM plans
+                 WHERE ?1 IS NULL OR name = ?1 ORDER BY name",
+            )?;
+            let rows = stmt.query_map([only], |r| {
                 Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
             })?;
             rows.map(|row| {
@@ -252,16 +268,6 @@ impl Store {
             })
             .collect()
         })
-    }
-
-    pub fn plan(&self, name: &PlanName) -> Result<Plan> {
-        self.plans()?
-            .into_iter()
-            .find(|p| &p.name == name)
-            .ok_or_else(|| StoreError::NotFound {
-                kind: "plan",
-                name: name.to_string(),
-            })
     }
 
     pub fn set_plan_workers(&self, name: &PlanName, workers: u32) -> Result<()> {
@@ -309,11 +315,26 @@ impl Store {
     }
 
     pub fn apps(&self) -> Result<Vec<App>> {
+        self.query_apps(None)
+    }
+
+    pub fn app(&self, name: &AppName) -> Result<App> {
+        self.query_apps(Some(name.as_str()))?
+            .pop()
+            .ok_or_else(|| StoreError::NotFound {
+                kind: "app",
+                name: name.to_string(),
+            })
+    }
+
+    /// Every app, or only the one named `only`, with its custom domains.
+    fn query_apps(&self, only: Option<&str>) -> Result<Vec<App>> {
         self.with(|c| {
             let mut stmt = c.prepare(
-                "SELECT name, plan, settings, generation, created_at, site FROM apps ORDER BY name",
+                "SELECT name, plan, settings, generation, created_at, site FROM apps
+                 WHERE ?1 IS NULL OR name = ?1 ORDER BY name",
             )?;
-            let rows = stmt.query_map([], |r| {
+            let rows = stmt.query_map([only], |r| {
                 Ok((
                     r.get::<_, String>(0)?,
                     r.get::<_, String>(1)?,
@@ -336,9 +357,12 @@ impl Store {
                     })
                 })
                 .collect::<Result<Vec<App>>>()?;
-            let mut stmt = c.prepare("SELECT domain, app FROM domains ORDER BY domain")?;
-            let domains =
-                stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+            let mut stmt = c.prepare(
+                "SELECT domain, app FROM domains WHERE ?1 IS NULL OR app = ?1 ORDER BY domain",
+            )?;
+            let domains = stmt.query_map([only], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+            })?;
             for row in domains {
                 let (domain, app) = row?;
                 if let Some(a) = apps.iter_mut().find(|a| a.name.as_str() == app) {
@@ -347,16 +371,6 @@ impl Store {
             }
             Ok(apps)
         })
-    }
-
-    pub fn app(&self, name: &AppName) -> Result<App> {
-        self.apps()?
-            .into_iter()
-            .find(|a| &a.name == name)
-            .ok_or_else(|| StoreError::NotFound {
-                kind: "app",
-                name: name.to_string(),
-            })
     }
 
     /// Deletes an app and its releases.
@@ -637,12 +651,26 @@ impl Store {
     }
 
     pub fn autoscale_settings(&self) -> Result<Vec<AutoscaleRecord>> {
+        self.query_autoscale(None)
+    }
+
+    pub fn autoscale(&self, plan: &PlanName) -> Result<AutoscaleRecord> {
+        self.query_autoscale(Some(plan.as_str()))?
+            .pop()
+            .ok_or_else(|| StoreError::NotFound {
+                kind: "autoscale setting for plan",
+                name: plan.to_string(),
+            })
+    }
+
+    /// Every plan's autoscale setting, or only plan `only`'s.
+    fn query_autoscale(&self, only: Option<&str>) -> Result<Vec<AutoscaleRecord>> {
         self.with(|c| {
             let mut stmt = c.prepare(
                 "SELECT plan, setting, enabled, last_action_at, last_cooldown, updated_at
-                 FROM autoscale ORDER BY plan",
+                 FROM autoscale WHERE ?1 IS NULL OR plan = ?1 ORDER BY plan",
             )?;
-            let rows = stmt.query_map([], |r| {
+            let rows = stmt.query_map([only], |r| {
                 Ok((
                     r.get::<_, String>(0)?,
                     r.get::<_, String>(1)?,
@@ -665,16 +693,6 @@ impl Store {
             })
             .collect()
         })
-    }
-
-    pub fn autoscale(&self, plan: &PlanName) -> Result<AutoscaleRecord> {
-        self.autoscale_settings()?
-            .into_iter()
-            .find(|a| &a.plan == plan)
-            .ok_or_else(|| StoreError::NotFound {
-                kind: "autoscale setting for plan",
-                name: plan.to_string(),
-            })
     }
 
     pub fn set_autoscale_enabled(&self, plan: &PlanName, enabled: bool, now: Millis) -> Result<()> {
@@ -948,6 +966,11 @@ mod tests {
         let got = s.app(&a).unwrap();
         assert!(got.site.https_only);
         assert_eq!(got.site.domains, ["www.example.com"]);
+        assert!(
+            s.app(&b).unwrap().site.domains.is_empty(),
+            "only the app's own domains"
+        );
+        assert_eq!(s.apps().unwrap()[0].site.domains, ["www.example.com"]);
         s.remove_domain(&a, "www.example.com").unwrap();
         assert!(s.app(&a).unwrap().site.domains.is_empty());
         assert!(matches!(

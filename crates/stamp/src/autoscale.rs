@@ -105,7 +105,7 @@ pub struct RuleAddArgs {
 
 /// ISO 8601 duration in whole seconds, as Azure writes them (`PT300S` is `PT5M`).
 fn iso(d: Duration) -> String {
-    format!("PT{}S", d.as_secs().max(1))
+    stamp_autoscale::duration::format(d)
 }
 
 /// `increase-count:2` → (direction, type, value).
@@ -544,7 +544,7 @@ fn parse_interval(text: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-fn parse_duration(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     let bad = || format!("'{text}' is not a duration; write e.g. 30s, 5m, 1h, 1h30m or PT30S");
     if text.starts_with(['P', 'p']) {
         return stamp_autoscale::duration::parse(text).map_err(|e| e.to_string());

@@ -179,19 +179,9 @@ fn check_domain(domain: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `30s`, `5m`, `1h`, `500ms`: at least one second, at most an hour.
+/// An autoscale interval (`30s`, `5m`, `1h`, `PT30S`): at least one second, at most an hour.
 fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
-    let (digits, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration such as 30s, 5m or 1h"))?;
-    let d = match unit {
-        "ms" => std::time::Duration::from_millis(n),
-        "s" | "" => std::time::Duration::from_secs(n),
-        "m" => std::time::Duration::from_secs(n * 60),
-        "h" => std::time::Duration::from_secs(n * 3600),
-        _ => return Err(format!("{s:?} is not a duration such as 30s, 5m or 1h")),
-    };
+    let d = crate::autoscale::parse_duration(s.trim())?;
     if d < std::time::Duration::from_secs(1) || d > std::time::Duration::from_secs(3600) {
         return Err(format!("{s:?}: use from 1s to 1h"));
     }

@@ -1234,7 +1234,7 @@ async fn cpu_load_scales_the_plan_out_and_back_in() {
     let shown = s.json(&["autoscale", "show", "p"]).await;
     let rules = shown["setting"]["profiles"][0]["rules"].as_array().unwrap();
     assert_eq!(rules.len(), 3, "{shown:#}");
-    assert_eq!(rules[2]["scaleAction"]["cooldown"], "PT600S");
+    assert_eq!(rules[2]["scaleAction"]["cooldown"], "PT10M");
     let err = s
         .fails(&[
             "autoscale",
