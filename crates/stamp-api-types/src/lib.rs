@@ -90,8 +90,82 @@ pub struct PlanView {
     pub sku: SkuView,
     pub workers: u32,
     pub apps: Vec<String>,
+    /// Azure's `perSiteScaling`: each app's `max_workers` caps how many workers run it.
+    #[serde(default)]
+    pub per_app_scaling: bool,
+    /// Which app's process types each worker runs, worker 0 first.
+    #[serde(default)]
+    pub placement: Vec<WorkerPlacementView>,
     /// Unix milliseconds.
     pub created_at: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkerPlacementView {
+    pub index: u32,
+    /// `app/type`, e.g. `shop/web`, sorted.
+    pub runs: Vec<String>,
+}
+
+/// `PATCH /plans/{plan}`: only the fields present change.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct UpdatePlan {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_app_scaling: Option<bool>,
+}
+
+/// An app's cap on workers: a count, or `"all"` for no cap.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum WorkerCap {
+    /// Signed so that a negative value gets a clear error rather than a parse failure.
+    Count(i64),
+    All(String),
+}
+
+/// `PUT /apps/{app}/formation`: absolute instance counts for the named process types; types
+/// not named keep their count.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct UpdateFormation {
+    pub counts: BTreeMap<String, i64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FormationView {
+    pub app: String,
+    pub types: Vec<ProcessFormationView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProcessFormationView {
+    pub process_type: String,
+    pub command: String,
+    /// Instances wanted (after the plan's worker count and the app's cap).
+    pub count: u32,
+    /// True when no count was set and the default applies (web: one per worker; others: 0).
+    pub default: bool,
+}
+
+/// A warm worker pool of one worker size on the node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PoolView {
+    /// `shared`, `small`, `medium`, `large`, or a Premium size such as `p1v3`.
+    pub size: String,
+    pub skus: Vec<String>,
+    pub millicores: u32,
+    pub memory_mib: u32,
+    /// Warm workers the node keeps ready for this size.
+    pub warm_target: u32,
+    /// Warm workers ready now (Azure's `WorkersAvailable`).
+    pub available: u32,
+    /// Workers of this size running plans' instances.
+    pub in_use: u32,
+}
+
+/// `PUT /pools/{size}`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SetPool {
+    pub warm: i64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -110,6 +184,9 @@ pub struct AppView {
     pub release: Option<u32>,
     pub instances: InstanceCounts,
     pub site: SiteView,
+    /// At most this many of the plan's workers run the app (per-app scaling); None: all.
+    #[serde(default)]
+    pub max_workers: Option<u32>,
     pub created_at: u64,
 }
 
@@ -155,6 +232,9 @@ pub struct UpdateApp {
     pub health_check_unhealthy_after: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_check_max_unhealthy_percent: Option<u32>,
+    /// Per-app scaling cap: a count, or `"all"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_workers: Option<WorkerCap>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -1,5 +1,7 @@
 //! A typed client for Stamp's REST API (`/api/v1`). Knows URLs and the error body; nothing else.
 
+use std::collections::BTreeMap;
+
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use serde::Serialize;
@@ -125,6 +127,46 @@ impl Client {
         self.post(
             &format!("/plans/{name}/scale"),
             &wire::ScalePlan { workers },
+        )
+        .await
+    }
+
+    pub async fn update_plan(&self, name: &str, req: &wire::UpdatePlan) -> Result<wire::PlanView> {
+        self.json(
+            self.http
+                .patch(self.url(&format!("/plans/{name}")))
+                .json(req),
+        )
+        .await
+    }
+
+    pub async fn formation(&self, app: &str) -> Result<wire::FormationView> {
+        self.get(&format!("/apps/{app}/formation")).await
+    }
+
+    /// Sets absolute instance counts per process type (Heroku's `ps:scale web=2 worker=1`).
+    pub async fn scale_formation(
+        &self,
+        app: &str,
+        counts: BTreeMap<String, i64>,
+    ) -> Result<wire::FormationView> {
+        self.json(
+            self.http
+                .put(self.url(&format!("/apps/{app}/formation")))
+                .json(&wire::UpdateFormation { counts }),
+        )
+        .await
+    }
+
+    pub async fn pools(&self) -> Result<Vec<wire::PoolView>> {
+        self.get("/pools").await
+    }
+
+    pub async fn set_pool(&self, size: &str, warm: i64) -> Result<wire::PoolView> {
+        self.json(
+            self.http
+                .put(self.url(&format!("/pools/{size}")))
+                .json(&wire::SetPool { warm }),
         )
         .await
     }

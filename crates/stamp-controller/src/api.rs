@@ -25,7 +25,7 @@ use stamp_model::{
 };
 use stamp_store::NewRelease;
 
-use crate::{ApiError, Controller};
+use crate::{ApiError, Controller, workers};
 
 type ApiResult<T> = Result<T, ApiError>;
 
@@ -35,7 +35,12 @@ pub fn router(c: Controller) -> Router {
         .route("/status", get(status))
         .route("/skus", get(skus))
         .route("/plans", get(list_plans).post(create_plan))
-        .route("/plans/{plan}", get(show_plan).delete(delete_plan))
+        .route(
+            "/plans/{plan}",
+            get(show_plan)
+                .patch(workers::update_plan)
+                .delete(delete_plan),
+        )
         .route("/plans/{plan}/scale", post(scale_plan))
         .route(
             "/plans/{plan}/autoscale",
@@ -74,6 +79,12 @@ pub fn router(c: Controller) -> Router {
             axum::routing::delete(remove_access_rule),
         )
         .route("/apps/{app}/restart", post(restart_app))
+        .route(
+            "/apps/{app}/formation",
+            get(workers::show_formation).put(workers::update_formation),
+        )
+        .route("/pools", get(workers::list_pools))
+        .route("/pools/{size}", axum::routing::put(workers::set_pool))
         .route(
             "/apps/{app}/deploy",
             post(deploy).layer(axum::extract::DefaultBodyLimit::disable()),
@@ -142,7 +153,7 @@ async fn authenticate(State(c): State<Controller>, req: Request, next: Next) -> 
 }
 
 /// `Json<T>` whose rejection is a Stamp error body.
-struct JsonBody<T>(T);
+pub(crate) struct JsonBody<T>(pub T);
 
 impl<S, T> FromRequest<S> for JsonBody<T>
 where
@@ -162,11 +173,11 @@ where
     }
 }
 
-fn app_name(s: &str) -> ApiResult<AppName> {
+pub(crate) fn app_name(s: &str) -> ApiResult<AppName> {
     Ok(AppName::parse(s)?)
 }
 
-fn plan_name(s: &str) -> ApiResult<PlanName> {
+pub(crate) fn plan_name(s: &str) -> ApiResult<PlanName> {
     Ok(PlanName::parse(s)?)
 }
 
@@ -188,7 +199,7 @@ impl Controller {
     }
 
     /// After a commit: publish, never failing the request (see `sync_after_commit`).
-    fn synced(&self) -> ApiResult<()> {
+    pub(crate) fn synced(&self) -> ApiResult<()> {
         self.sync_after_commit();
         Ok(())
     }
@@ -221,11 +232,12 @@ impl Controller {
                 stale: stale as u32,
             },
             site: site_view(&app.site),
+            max_workers: app.max_workers,
             created_at: app.created_at.0,
         }
     }
 
-    fn plan_view(&self, plan: &Plan, apps: &[App]) -> ApiResult<wire::PlanView> {
+    pub(crate) fn plan_view(&self, plan: &Plan, apps: &[App]) -> ApiResult<wire::PlanView> {
         let sku = Sku::find(&plan.sku).map_err(ApiError::internal)?;
         Ok(wire::PlanView {
             name: plan.name.to_string(),
@@ -236,6 +248,8 @@ impl Controller {
                 .filter(|a| a.plan == plan.name)
                 .map(|a| a.name.to_string())
                 .collect(),
+            per_app_scaling: plan.per_app_scaling,
+            placement: workers::placement_view(plan),
             created_at: plan.created_at.0,
         })
     }
@@ -400,6 +414,9 @@ async fn create_plan(
         name,
         sku: sku.name.to_string(),
         workers,
+        per_app_scaling: false,
+        placement: Default::default(),
+        placed_on: 0,
         created_at: c.now(),
     };
     c.store().create_plan(&plan)?;
@@ -438,6 +455,8 @@ async fn scale_plan(
         );
         c.synced()?;
     }
+    // Re-read: the sync placed the apps on the new workers.
+    let plan = c.store().plan(&name)?;
     Ok(Json(c.plan_view(&plan, &c.store().apps()?)?))
 }
 
@@ -731,6 +750,8 @@ async fn create_app(
         settings: Settings::default(),
         generation: 0,
         site: stamp_model::SiteConfig::default(),
+        max_workers: None,
+        formation: Default::default(),
         created_at: c.now(),
     };
     c.store().create_app(&app)?;
@@ -870,8 +891,29 @@ async fn update_app(
     JsonBody(req): JsonBody<wire::UpdateApp>,
 ) -> ApiResult<Json<wire::AppView>> {
     let name = app_name(&name)?;
-    let event = format!("config: front end updated: {}", describe_update(&req));
-    let app = change_site(&c, &name, &event, |site| apply_update(site, &req)).await?;
+    let w = c.inner.writer.lock().await;
+    let mut app = c.store().app(&name)?;
+    let site = apply_update(app.site.clone(), &req)?;
+    site.validate().map_err(ApiError::invalid)?;
+    let cap = match &req.max_workers {
+        Some(cap) => workers::check_cap(cap, &c.store().plan(&app.plan)?)?,
+        None => app.max_workers,
+    };
+    if site != app.site || cap != app.max_workers {
+        c.store().update_app_config(&name, &site, cap)?;
+        let event = if site != app.site {
+            "config: front end updated"
+        } else {
+            "scale: per-app cap updated"
+        };
+        c.inner
+            .logs
+            .event(&name, &format!("{event}: {}", describe_update(&req)));
+        app.site = site;
+        app.max_workers = cap;
+        c.synced()?;
+    }
+    drop(w);
     let release = c.store().current_release(&name, &SlotName::production())?;
     Ok(Json(c.app_view(
         &app,

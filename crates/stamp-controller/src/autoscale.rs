@@ -22,7 +22,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use stamp_autoscale::{Evaluation, Grain, MetricQuery, Metrics, ScaleState, Setting, Stats};
 use stamp_model::sku::{self, Sku};
-use stamp_model::{AutoscaleRun, Millis, PlanName};
+use stamp_model::{AppName, AutoscaleRun, Millis, PlanName};
 
 use crate::Controller;
 
@@ -59,13 +59,16 @@ pub struct AppCounters {
     pub latency_count: u64,
 }
 
-/// What one worker's instances use now.
+/// What one instance uses now, and on which worker of which plan.
 #[derive(Debug, Clone)]
 pub struct WorkerUsage {
     pub plan: PlanName,
     pub worker: u32,
+    pub app: AppName,
+    pub instance: String,
     pub cpu_cores: f64,
     pub memory_bytes: u64,
+    pub outbound_connections: u32,
 }
 
 /// One metric's samples: (Unix second, the values recorded in it), oldest first.
@@ -281,6 +284,18 @@ impl Controller {
                 metrics.record(&plan.name, "CpuPercentage", second, cpu_pct);
                 metrics.record(&plan.name, "MemoryPercentage", second, mem_pct);
             }
+        }
+        // Azure's worker-pool metric: warm workers of the plan's size ready to be taken.
+        let pools = self.inner.node.pools();
+        for plan in &plans {
+            let Ok(sku) = Sku::find(&plan.sku) else {
+                continue;
+            };
+            let available = pools
+                .iter()
+                .find(|p| p.size == sku.size)
+                .map_or(0, |p| p.available);
+            metrics.record(&plan.name, "WorkersAvailable", second, f64::from(available));
         }
         *previous = counters.into_iter().map(|c| (c.app.clone(), c)).collect();
         metrics.trim(second);

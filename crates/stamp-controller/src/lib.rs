@@ -10,6 +10,7 @@
 pub mod api;
 pub mod autoscale;
 mod error;
+pub mod workers;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -18,7 +19,8 @@ use stamp_artifact::BlobStore;
 use stamp_logs::LogBook;
 use stamp_model::sku::{self, Capacity};
 use stamp_model::{
-    AppName, Certificate, InstanceSpec, ObservedInstance, SiteConfig, Sku, WallClock,
+    AppName, Certificate, InstanceSpec, ObservedInstance, PoolStatus, PoolTarget, SiteConfig, Sku,
+    WallClock, WorkerLimits,
 };
 use stamp_placement::AppState;
 use stamp_routes::RouteTable;
@@ -35,6 +37,10 @@ pub trait Node: Send + Sync + 'static {
     fn observed(&self) -> watch::Receiver<Vec<ObservedInstance>>;
     /// CPU and memory the instances of each worker use now.
     fn usage(&self) -> Vec<autoscale::WorkerUsage>;
+    /// How many warm workers to keep per size, replacing the previous targets.
+    fn set_pools(&self, targets: Vec<PoolTarget>);
+    /// Warm and busy workers per size now.
+    fn pools(&self) -> Vec<PoolStatus>;
 }
 
 /// The front end(s): where routing tables and certificates go, and where request metrics come
@@ -115,6 +121,8 @@ struct Inner {
     frontend: Arc<dyn FrontEnd>,
     /// Serialises changes to desired state, so check-then-write (names, capacity) is atomic.
     writer: tokio::sync::Mutex<()>,
+    /// Serialises [`Controller::sync`], which stores placements it computes.
+    syncing: Mutex<()>,
     /// The last desired set given to the node, for status views.
     desired: Mutex<Vec<InstanceSpec>>,
     /// Apps that exist with their front-end configuration, for the routing task.
@@ -148,6 +156,7 @@ impl Controller {
                 node,
                 frontend,
                 writer: tokio::sync::Mutex::new(()),
+                syncing: Mutex::new(()),
                 desired: Mutex::new(Vec::new()),
                 apps: watch::channel(Vec::new()).0,
                 stopping: watch::channel(false).0,
@@ -165,8 +174,9 @@ impl Controller {
     /// Reads desired state from the store and publishes it: desired instances to the node, the
     /// app list to the routing task. The one path for startup and every change.
     pub fn sync(&self) -> anyhow::Result<()> {
+        let _syncing = self.inner.syncing.lock().unwrap_or_else(|p| p.into_inner());
         let store = &self.inner.store;
-        let plans = store.plans()?;
+        let mut plans = store.plans()?;
         let apps = store.apps()?;
         let releases = store.current_releases()?;
         let states: Vec<AppState<'_>> = apps
@@ -178,6 +188,14 @@ impl Controller {
                     .find(|r| r.app == app.name && r.slot.is_production()),
             })
             .collect();
+        for plan in &mut plans {
+            let placement = stamp_placement::next_placement(plan, &states);
+            if placement != plan.placement || plan.placed_on != plan.workers {
+                store.set_placement(&plan.name, &placement, plan.workers)?;
+                plan.placement = placement;
+                plan.placed_on = plan.workers;
+            }
+        }
         let desired = stamp_placement::desired_instances(&plans, &states);
         *self.inner.desired.lock().unwrap_or_else(|p| p.into_inner()) = desired.clone();
         self.inner.apps.send_replace(
@@ -186,6 +204,19 @@ impl Controller {
                 .collect(),
         );
         self.inner.node.set_desired(desired);
+        let targets = workers::pool_targets(self).map_err(|e| anyhow::anyhow!("{}", e.message))?;
+        self.inner.node.set_pools(
+            stamp_model::sku::sizes()
+                .iter()
+                .map(|s| PoolTarget {
+                    limits: WorkerLimits::of(s),
+                    warm: targets
+                        .get(s.size)
+                        .copied()
+                        .unwrap_or(workers::DEFAULT_WARM),
+                })
+                .collect(),
+        );
         // A certificate is served only for hostnames its app owns now, so an app cannot take
         // over another app's name by uploading a certificate for it.
         let certs: Vec<Certificate> = store
@@ -231,6 +262,52 @@ impl Controller {
                     p.name, p.sku, p.workers
                 );
             }
+        }
+        let usage = self.inner.node.usage();
+        type Gauge = (
+            &'static str,
+            &'static str,
+            fn(&autoscale::WorkerUsage) -> String,
+        );
+        let gauges: [Gauge; 3] = [
+            (
+                "stamp_instance_cpu_cores",
+                "CPU each instance used over the last second, in cores.",
+                |u| format!("{:.3}", u.cpu_cores),
+            ),
+            (
+                "stamp_instance_memory_bytes",
+                "Memory each instance uses (its control group's working set, else its resident set).",
+                |u| u.memory_bytes.to_string(),
+            ),
+            (
+                "stamp_instance_outbound_connections",
+                "Open outbound TCP connections of each instance.",
+                |u| u.outbound_connections.to_string(),
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+            for u in &usage {
+                let _ = writeln!(
+                    out,
+                    "{name}{{app=\"{}\",instance=\"{}\",worker=\"{}/{}\"}} {}",
+                    u.app,
+                    u.instance,
+                    u.plan,
+                    u.worker,
+                    value(u)
+                );
+            }
+        }
+        out.push_str("# HELP stamp_pool_workers_available Warm workers ready per size (Azure's WorkersAvailable).\n");
+        out.push_str("# TYPE stamp_pool_workers_available gauge\n");
+        for p in self.inner.node.pools() {
+            let _ = writeln!(
+                out,
+                "stamp_pool_workers_available{{size=\"{}\"}} {}",
+                p.size, p.available
+            );
         }
         self.inner.frontend.render_metrics(&mut out);
         out
@@ -320,6 +397,8 @@ mod tests {
             settings: Default::default(),
             generation: 0,
             site: SiteConfig::default(),
+            max_workers: None,
+            formation: Default::default(),
             created_at: stamp_model::Millis(0),
         };
         app.site.domains = vec!["www.example.com".into(), "*.shop.example.com".into()];

@@ -33,6 +33,7 @@ pub fn spec_in(
         grace_period: Millis::from_secs(30),
         start_timeout: Millis::from_secs(60),
         health_check: None,
+        limits: crate::spec::WorkerLimits::of(&crate::Sku::find("B1").expect("B1 exists")),
     }
 }
 

@@ -22,9 +22,12 @@ pub mod usage;
 
 pub use names::{AppName, Digest, InstanceId, NameError, PlanName, ProcessType, SlotName};
 pub use procfile::{Procfile, ProcfileError};
-pub use records::{App, AutoscaleRecord, AutoscaleRun, Certificate, Plan, Release};
+pub use records::{App, AutoscaleRecord, AutoscaleRun, Certificate, Placement, Plan, Release};
 pub use settings::{SettingError, Settings};
 pub use site::{AccessAction, AccessRule, Balancing, HealthCheck, SiteConfig};
 pub use sku::{Sku, Tier};
-pub use spec::{InstanceKey, InstanceSpec, InstanceState, ObservedInstance, WorkerId};
+pub use spec::{
+    InstanceKey, InstanceSpec, InstanceState, ObservedInstance, PoolStatus, PoolTarget, WorkerId,
+    WorkerLimits,
+};
 pub use time::{Millis, SystemClock, WallClock};

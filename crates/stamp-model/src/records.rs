@@ -1,8 +1,10 @@
 //! The durable records of desired state: plans, apps and releases, as the store keeps them.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use serde::{Deserialize, Serialize};
 
-use crate::names::{AppName, Digest, PlanName, SlotName};
+use crate::names::{AppName, Digest, PlanName, ProcessType, SlotName};
 use crate::procfile::Procfile;
 use crate::settings::Settings;
 use crate::site::SiteConfig;
@@ -14,6 +16,14 @@ pub struct Plan {
     /// SKU name from [`crate::sku::CATALOG`].
     pub sku: String,
     pub workers: u32,
+    /// Azure's `perSiteScaling`: each app's `max_workers` caps how many workers run it.
+    pub per_app_scaling: bool,
+    /// Which workers run each app's process types. Kept (not recomputed from scratch) so apps
+    /// move only when workers are added or removed; see `stamp_placement::place`.
+    pub placement: Placement,
+    /// The worker count `placement` was made for: a different count now means workers were
+    /// added or removed, the one time apps may move.
+    pub placed_on: u32,
     pub created_at: Millis,
 }
 
@@ -28,6 +38,12 @@ pub struct App {
     /// Front-end configuration: HTTPS only, affinity, balancing, health check, access rules,
     /// custom domains.
     pub site: SiteConfig,
+    /// Azure's `numberOfWorkers` under per-app scaling: at most this many of the plan's workers
+    /// run the app. `None`: all of them. Ignored while the plan's per-app scaling is off.
+    pub max_workers: Option<u32>,
+    /// Heroku's formation: instances per process type. `web` defaults to one per worker the app
+    /// may use; other types default to 0.
+    pub formation: BTreeMap<ProcessType, u32>,
     pub created_at: Millis,
 }
 
@@ -86,4 +102,21 @@ pub struct AutoscaleRun {
     pub summary: String,
     /// The engine's full explanation (JSON).
     pub evaluation_json: String,
+}
+
+/// Which of a plan's workers (by index) run each app's process types. At most one instance of
+/// an app's process type runs on a worker.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Placement(pub BTreeMap<AppName, BTreeMap<ProcessType, BTreeSet<u32>>>);
+
+impl Placement {
+    /// The workers running `app`'s `process_type`, in index order.
+    pub fn workers(&self, app: &AppName, process_type: &ProcessType) -> Vec<u32> {
+        self.0
+            .get(app)
+            .and_then(|types| types.get(process_type))
+            .map(|set| set.iter().copied().collect())
+            .unwrap_or_default()
+    }
 }

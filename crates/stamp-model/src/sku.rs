@@ -35,6 +35,9 @@ pub struct Sku {
     /// Azure's name, e.g. `B1`, `P1v3`.
     pub name: &'static str,
     pub tier: Tier,
+    /// The worker size: SKUs with the same hardware share a size, and so a warm worker pool
+    /// (`shared`, `small`, `medium`, `large`, then one size per Premium SKU).
+    pub size: &'static str,
     /// Thousandths of a core (Azure vCPUs).
     pub millicores: u32,
     /// Memory in MiB.
@@ -49,9 +52,11 @@ pub struct Sku {
     pub autoscale: bool,
 }
 
+#[expect(clippy::too_many_arguments, reason = "one row of the catalog table")]
 const fn sku(
     name: &'static str,
     tier: Tier,
+    size: &'static str,
     millicores: u32,
     memory_mib: u32,
     max_instances: u32,
@@ -61,6 +66,7 @@ const fn sku(
     Sku {
         name,
         tier,
+        size,
         millicores,
         memory_mib,
         max_instances,
@@ -78,26 +84,125 @@ const GIB: u32 = 1024;
 
 /// Every SKU Stamp offers, in the order `stamp plan skus` lists them.
 pub const CATALOG: &[Sku] = &[
-    sku("F1", Tier::Free, 250, GIB, 1, 0, 600),
-    sku("D1", Tier::Shared, 250, GIB, 1, 0, 600),
-    sku("B1", Tier::Basic, 1000, 1792, 3, 0, SMALL),
-    sku("B2", Tier::Basic, 2000, 3584, 3, 0, MEDIUM),
-    sku("B3", Tier::Basic, 4000, 7 * GIB, 3, 0, LARGE),
-    sku("S1", Tier::Standard, 1000, 1792, 10, 5, SMALL),
-    sku("S2", Tier::Standard, 2000, 3584, 10, 5, MEDIUM),
-    sku("S3", Tier::Standard, 4000, 7 * GIB, 10, 5, LARGE),
-    sku("P1v2", Tier::PremiumV2, 1000, 3584, 30, 20, SMALL),
-    sku("P2v2", Tier::PremiumV2, 2000, 7 * GIB, 30, 20, MEDIUM),
-    sku("P3v2", Tier::PremiumV2, 4000, 14 * GIB, 30, 20, LARGE),
-    sku("P0v3", Tier::PremiumV3, 1000, 4 * GIB, 30, 20, SMALL),
-    sku("P1v3", Tier::PremiumV3, 2000, 8 * GIB, 30, 20, SMALL),
-    sku("P1mv3", Tier::PremiumV3, 2000, 16 * GIB, 30, 20, MEDIUM),
-    sku("P2v3", Tier::PremiumV3, 4000, 16 * GIB, 30, 20, MEDIUM),
-    sku("P2mv3", Tier::PremiumV3, 4000, 32 * GIB, 30, 20, LARGE),
-    sku("P3v3", Tier::PremiumV3, 8000, 32 * GIB, 30, 20, LARGE),
-    sku("P3mv3", Tier::PremiumV3, 8000, 64 * GIB, 30, 20, LARGE),
-    sku("P4mv3", Tier::PremiumV3, 16000, 128 * GIB, 30, 20, LARGE),
-    sku("P5mv3", Tier::PremiumV3, 32000, 256 * GIB, 30, 20, LARGE),
+    sku("F1", Tier::Free, "shared", 250, GIB, 1, 0, 600),
+    sku("D1", Tier::Shared, "shared", 250, GIB, 1, 0, 600),
+    sku("B1", Tier::Basic, "small", 1000, 1792, 3, 0, SMALL),
+    sku("B2", Tier::Basic, "medium", 2000, 3584, 3, 0, MEDIUM),
+    sku("B3", Tier::Basic, "large", 4000, 7 * GIB, 3, 0, LARGE),
+    sku("S1", Tier::Standard, "small", 1000, 1792, 10, 5, SMALL),
+    sku("S2", Tier::Standard, "medium", 2000, 3584, 10, 5, MEDIUM),
+    sku("S3", Tier::Standard, "large", 4000, 7 * GIB, 10, 5, LARGE),
+    sku("P1v2", Tier::PremiumV2, "p1v2", 1000, 3584, 30, 20, SMALL),
+    sku(
+        "P2v2",
+        Tier::PremiumV2,
+        "p2v2",
+        2000,
+        7 * GIB,
+        30,
+        20,
+        MEDIUM,
+    ),
+    sku(
+        "P3v2",
+        Tier::PremiumV2,
+        "p3v2",
+        4000,
+        14 * GIB,
+        30,
+        20,
+        LARGE,
+    ),
+    sku(
+        "P0v3",
+        Tier::PremiumV3,
+        "p0v3",
+        1000,
+        4 * GIB,
+        30,
+        20,
+        SMALL,
+    ),
+    sku(
+        "P1v3",
+        Tier::PremiumV3,
+        "p1v3",
+        2000,
+        8 * GIB,
+        30,
+        20,
+        SMALL,
+    ),
+    sku(
+        "P1mv3",
+        Tier::PremiumV3,
+        "p1mv3",
+        2000,
+        16 * GIB,
+        30,
+        20,
+        MEDIUM,
+    ),
+    sku(
+        "P2v3",
+        Tier::PremiumV3,
+        "p2v3",
+        4000,
+        16 * GIB,
+        30,
+        20,
+        MEDIUM,
+    ),
+    sku(
+        "P2mv3",
+        Tier::PremiumV3,
+        "p2mv3",
+        4000,
+        32 * GIB,
+        30,
+        20,
+        LARGE,
+    ),
+    sku(
+        "P3v3",
+        Tier::PremiumV3,
+        "p3v3",
+        8000,
+        32 * GIB,
+        30,
+        20,
+        LARGE,
+    ),
+    sku(
+        "P3mv3",
+        Tier::PremiumV3,
+        "p3mv3",
+        8000,
+        64 * GIB,
+        30,
+        20,
+        LARGE,
+    ),
+    sku(
+        "P4mv3",
+        Tier::PremiumV3,
+        "p4mv3",
+        16000,
+        128 * GIB,
+        30,
+        20,
+        LARGE,
+    ),
+    sku(
+        "P5mv3",
+        Tier::PremiumV3,
+        "p5mv3",
+        32000,
+        256 * GIB,
+        30,
+        20,
+        LARGE,
+    ),
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -111,6 +216,11 @@ fn names() -> Vec<&'static str> {
 }
 
 impl Sku {
+    /// Per-app scaling (`perSiteScaling`) is allowed from Standard up, as in Azure.
+    pub fn per_app_scaling(&self) -> bool {
+        !matches!(self.tier, Tier::Free | Tier::Shared | Tier::Basic)
+    }
+
     /// Looks a SKU up by name, ignoring case (`b1` is `B1`).
     pub fn find(name: &str) -> Result<Sku, SkuError> {
         CATALOG
@@ -120,6 +230,30 @@ impl Sku {
             .ok_or_else(|| SkuError::Unknown(name.to_string()))
     }
 }
+
+/// Every worker size, in catalog order, with the first SKU of that size (which has its
+/// hardware: cores, memory, outbound connections).
+pub fn sizes() -> Vec<Sku> {
+    let mut out: Vec<Sku> = Vec::new();
+    for sku in CATALOG {
+        if !out.iter().any(|s| s.size == sku.size) {
+            out.push(*sku);
+        }
+    }
+    out
+}
+
+/// The SKU that stands for `size` (see [`sizes`]), ignoring case.
+pub fn find_size(size: &str) -> Result<Sku, SizeError> {
+    sizes()
+        .into_iter()
+        .find(|s| s.size.eq_ignore_ascii_case(size))
+        .ok_or_else(|| SizeError(size.to_string()))
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown worker size {0:?}; choose one of: {list}", list = sizes().iter().map(|s| s.size).collect::<Vec<_>>().join(", "))]
+pub struct SizeError(pub String);
 
 /// What a node offers to workers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -53,6 +53,56 @@ pub struct InstanceSpec {
     /// The app's health check, probed by the worker agent. Part of the spec, so changing it
     /// replaces the instances (rolling), as changing it restarts the app in Azure.
     pub health_check: Option<HealthCheck>,
+    /// The worker's size and the limits its sandbox enforces (from the plan's SKU). Part of the
+    /// spec, so scaling a plan up or down moves its instances to workers of the new size.
+    pub limits: WorkerLimits,
+}
+
+impl InstanceSpec {
+    /// Only `web` instances listen on `$PORT` and take HTTP traffic (Heroku's rule).
+    pub fn takes_traffic(&self) -> bool {
+        self.key.process_type.is_web()
+    }
+}
+
+/// How many warm workers of a size a node keeps ready.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolTarget {
+    pub limits: WorkerLimits,
+    pub warm: u32,
+}
+
+/// A node's workers of one size.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolStatus {
+    pub size: String,
+    /// Warm workers ready to be taken (Azure's `WorkersAvailable`).
+    pub available: u32,
+    /// Workers running plans' instances.
+    pub in_use: u32,
+}
+
+/// What a worker of a size may use, from the SKU catalog.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct WorkerLimits {
+    /// The worker size ([`crate::Sku::size`]): which warm pool the worker comes from.
+    pub size: String,
+    /// CPU quota, thousandths of a core.
+    pub millicores: u32,
+    pub memory_mib: u32,
+    /// Open outbound TCP connections per instance.
+    pub outbound_connections: u32,
+}
+
+impl WorkerLimits {
+    pub fn of(sku: &crate::Sku) -> WorkerLimits {
+        WorkerLimits {
+            size: sku.size.to_string(),
+            millicores: sku.millicores,
+            memory_mib: sku.memory_mib,
+            outbound_connections: sku.outbound_connections,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

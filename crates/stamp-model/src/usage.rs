@@ -26,6 +26,9 @@ pub struct InstanceUsage {
     /// group's processes (a forked server's copy-on-write pages, shared libraries) count once
     /// per process, so a pre-fork server reads higher than it really uses.
     pub memory_bytes: u64,
+    /// Open outbound TCP connections (loopback included), against the SKU's per-instance limit.
+    #[serde(default)]
+    pub outbound_connections: u32,
     /// Wall-clock time of the sample (Unix ms).
     pub at_ms: u64,
 }

@@ -1,11 +1,71 @@
-//! Placement. PURE: from plans, apps and their current releases, the desired instances.
+//! Placement. PURE (no IO, no clock): which worker of a plan runs which instance of which app.
 //!
-//! Azure semantics (§2.2 of the reference): every app of a plan runs its `web` process on every
-//! worker of the plan, so scaling a plan scales all its apps together. Per-app caps and other
-//! process types come with the workers issue; they extend [`desired_instances`].
+//! Three steps, each a function:
+//!
+//! 1. [`demands`]: how many instances each app's process type should run on a plan: Heroku's
+//!    formation (§8.2 of the reference) read through Azure's plan semantics (§2.2).
+//! 2. [`place`]: which workers run them, starting from the placement stored in the plan.
+//! 3. [`desired_instances`]: one [`InstanceSpec`] per placed instance, for the worker agents.
+//!
+//! [`next_placement`] chains the first two for one plan, as the controller does whenever apps,
+//! formations, caps or the worker count change; it then stores the result with the worker count
+//! it was made for (`Plan::placement`, `Plan::placed_on`) before calling [`desired_instances`].
+//!
+//! # Demands
+//!
+//! Without per-app scaling, every app may use all of the plan's workers (Azure: "every app in
+//! the plan runs on every instance"). With `Plan::per_app_scaling`, an app may use
+//! `min(max_workers.unwrap_or(workers), workers)` of them (Azure's `numberOfWorkers`): its cap.
+//! Each process type of the current release's Procfile, except `release` (Heroku's
+//! release-phase command), demands `App::formation[type]` instances, or by default the cap for
+//! `web` and 0 for any other type. Every count is clipped to the cap, because two instances of
+//! one app's process type never share a worker. Formation entries for types the Procfile lacks,
+//! and apps with no deployed code, demand nothing.
+//!
+//! # Placing
+//!
+//! Azure's rules (§2.2): best-effort even distribution, never two instances of one app on the
+//! same worker, no metrics, and apps are rebalanced only when workers are added or removed. Load
+//! here is the number of instances on a worker, all apps and types counted alike: Stamp has no
+//! per-app size, and sizes measured at run time would be metrics.
+//!
+//! - **Keep.** Every assignment of the previous placement that is still valid (its worker still
+//!   exists, its app still demands that type) stays where it is. Restarting an instance on
+//!   another worker costs a cold start, so nothing moves without a reason.
+//! - **Shrink.** A pair running on more workers than it now demands leaves the most loaded of
+//!   them (ties: the highest index, the first to go on scale-in).
+//! - **Grow.** A pair demanding more (or a new app) is added, one instance at a time, on the
+//!   least loaded worker that does not run it yet (ties: the lowest index). A new pair placed
+//!   on loads that differ by at most one keeps them so, whatever the order of the pairs: its
+//!   `n` instances go to the `n` least loaded workers, which raises the lighter level first.
+//!   So a placement made from scratch is always even.
+//! - **Rebalance, only when the worker count changed** (`previous_workers != workers`):
+//!   instances move one at a time from the most loaded worker to the least loaded until loads
+//!   differ by at most one. Assignments on removed workers were dropped at the keep step and
+//!   re-added at the grow step, which already prefers the emptiest (often the new) workers. A
+//!   legal move always exists while loads differ by two or more (the busier worker runs a pair
+//!   the idler one lacks), so the spread always gets even, with the fewest moves.
+//!
+//! While the worker count stays the same, adding, removing or re-capping an app never moves
+//! another app, even if the loads drift apart (say an app on a single worker is deleted); the
+//! next additions go to the emptiest workers and the next scale evens everything out. This is
+//! the trade Azure makes too, and why `place` takes the previous worker count explicitly rather
+//! than guessing it from the indexes in use.
+//!
+//! Everything is deterministic (no randomness, sorted maps, fixed tie rules), so the controller
+//! computes the same placement on every run and a restart moves nothing.
+
+mod demand;
+mod place;
+#[cfg(test)]
+mod tests;
+
+pub use demand::{Demand, cap, demands};
+pub use place::place;
 
 use stamp_model::{
-    App, InstanceKey, InstanceSpec, Millis, Plan, ProcessType, Release, SlotName, WorkerId,
+    InstanceKey, InstanceSpec, Millis, Placement, Plan, Release, Sku, SlotName, WorkerId,
+    WorkerLimits,
 };
 
 /// How long an instance may take to accept connections on `$PORT` (Azure's default start limit).
@@ -13,180 +73,75 @@ pub const DEFAULT_START_TIMEOUT: Millis = Millis::from_secs(230);
 
 /// One app with the release its production slot runs.
 pub struct AppState<'a> {
-    pub app: &'a App,
+    pub app: &'a stamp_model::App,
     pub release: Option<&'a Release>,
 }
 
-/// The desired instances of every app in `plans`, sorted by key.
+/// The placement `plan` should store now: [`demands`] of its apps placed with [`place`] from
+/// `plan.placement`, which was made for `plan.placed_on` workers, onto `plan.workers` workers.
+/// Store it with `placed_on = plan.workers`.
+pub fn next_placement(plan: &Plan, apps: &[AppState<'_>]) -> Placement {
+    place(
+        plan.placed_on,
+        plan.workers,
+        &demands(plan, apps),
+        &plan.placement,
+    )
+}
+
+/// The desired instances of every app in `plans`, sorted by key: one per (app, process type,
+/// worker) of each plan's stored `placement`, for workers the plan still has and process types
+/// the app's current release still defines (never `release`, the release-phase command). Apps
+/// without deployed code run nothing.
 pub fn desired_instances(plans: &[Plan], apps: &[AppState<'_>]) -> Vec<InstanceSpec> {
     let mut out = Vec::new();
-    for state in apps {
-        let Some(plan) = plans.iter().find(|p| p.name == state.app.plan) else {
-            continue;
-        };
-        let Some(release) = state.release else {
-            continue;
-        };
-        let (Some(artifact), Some(procfile)) = (&release.artifact, &release.procfile) else {
-            continue;
-        };
-        let web = ProcessType::web();
-        let Some(command) = procfile.command(&web) else {
-            continue;
-        };
-        for index in 0..plan.workers {
-            out.push(InstanceSpec {
-                key: InstanceKey {
-                    app: state.app.name.clone(),
-                    slot: SlotName::production(),
-                    process_type: web.clone(),
-                    worker: WorkerId {
-                        plan: plan.name.clone(),
-                        index,
-                    },
-                },
-                release: release.version,
-                generation: state.app.generation,
-                artifact: artifact.clone(),
-                command: command.to_string(),
-                env: release.settings.0.clone(),
-                grace_period: release.settings.grace_period(),
-                start_timeout: DEFAULT_START_TIMEOUT,
-                health_check: state.app.site.health_check.clone(),
-            });
+    for plan in plans {
+        // An unknown SKU cannot be stored (the API validates it); the smallest size is a safe
+        // fallback rather than a reason to run nothing.
+        let limits =
+            WorkerLimits::of(&Sku::find(&plan.sku).unwrap_or(stamp_model::sku::CATALOG[0]));
+        for state in apps.iter().filter(|s| s.app.plan == plan.name) {
+            let Some(release) = state.release else {
+                continue;
+            };
+            let (Some(artifact), Some(procfile)) = (&release.artifact, &release.procfile) else {
+                continue;
+            };
+            let Some(types) = plan.placement.0.get(&state.app.name) else {
+                continue;
+            };
+            for (process_type, workers) in types {
+                if !demand::is_formation_type(process_type) {
+                    continue;
+                }
+                let Some(command) = procfile.command(process_type) else {
+                    continue;
+                };
+                for &index in workers.iter().filter(|&&i| i < plan.workers) {
+                    out.push(InstanceSpec {
+                        key: InstanceKey {
+                            app: state.app.name.clone(),
+                            slot: SlotName::production(),
+                            process_type: process_type.clone(),
+                            worker: WorkerId {
+                                plan: plan.name.clone(),
+                                index,
+                            },
+                        },
+                        release: release.version,
+                        generation: state.app.generation,
+                        artifact: artifact.clone(),
+                        command: command.to_string(),
+                        env: release.settings.0.clone(),
+                        grace_period: release.settings.grace_period(),
+                        start_timeout: DEFAULT_START_TIMEOUT,
+                        health_check: state.app.site.health_check.clone(),
+                        limits: limits.clone(),
+                    });
+                }
+            }
         }
     }
     out.sort_by(|a, b| a.key.cmp(&b.key));
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use stamp_model::{AppName, Digest, PlanName, Procfile, Settings};
-
-    fn plan(name: &str, workers: u32) -> Plan {
-        Plan {
-            name: PlanName::parse(name).unwrap(),
-            sku: "B1".into(),
-            workers,
-            created_at: Millis::ZERO,
-        }
-    }
-
-    fn app(name: &str, plan: &str) -> App {
-        App {
-            name: AppName::parse(name).unwrap(),
-            plan: PlanName::parse(plan).unwrap(),
-            settings: Settings::default(),
-            generation: 7,
-            site: Default::default(),
-            created_at: Millis::ZERO,
-        }
-    }
-
-    fn release(app: &str, version: u32, deployed: bool) -> Release {
-        Release {
-            app: AppName::parse(app).unwrap(),
-            slot: SlotName::production(),
-            version,
-            artifact: deployed.then(|| Digest::parse(&"a".repeat(64)).unwrap()),
-            procfile: deployed
-                .then(|| Procfile::parse("web: python3 app.py\nworker: jobs").unwrap()),
-            settings: Settings([("GREETING".to_string(), "hi".to_string())].into()),
-            description: String::new(),
-            created_at: Millis::ZERO,
-        }
-    }
-
-    #[track_caller]
-    fn check(plans: &[Plan], apps: &[AppState<'_>], expect: &[&str]) {
-        let got: Vec<String> = desired_instances(plans, apps)
-            .iter()
-            .map(|s| {
-                format!(
-                    "{} {} on {} v{} g{}",
-                    s.key.app, s.key.process_type, s.key.worker, s.release, s.generation
-                )
-            })
-            .collect();
-        assert_eq!(got, expect);
-    }
-
-    #[test]
-    fn web_runs_on_every_worker_of_the_plan() {
-        let plans = [plan("p", 3), plan("q", 1)];
-        let (a, b, c) = (app("a", "p"), app("b", "p"), app("c", "q"));
-        let (ra, rb, rc) = (
-            release("a", 2, true),
-            release("b", 1, true),
-            release("c", 4, true),
-        );
-        check(
-            &plans,
-            &[
-                AppState {
-                    app: &a,
-                    release: Some(&ra),
-                },
-                AppState {
-                    app: &b,
-                    release: Some(&rb),
-                },
-                AppState {
-                    app: &c,
-                    release: Some(&rc),
-                },
-            ],
-            &[
-                "a web on p/0 v2 g7",
-                "a web on p/1 v2 g7",
-                "a web on p/2 v2 g7",
-                "b web on p/0 v1 g7",
-                "b web on p/1 v1 g7",
-                "b web on p/2 v1 g7",
-                "c web on q/0 v4 g7",
-            ],
-        );
-    }
-
-    #[test]
-    fn nothing_runs_without_code() {
-        let plans = [plan("p", 2)];
-        let a = app("a", "p");
-        let settings_only = release("a", 1, false);
-        check(
-            &plans,
-            &[AppState {
-                app: &a,
-                release: None,
-            }],
-            &[],
-        );
-        check(
-            &plans,
-            &[AppState {
-                app: &a,
-                release: Some(&settings_only),
-            }],
-            &[],
-        );
-    }
-
-    #[test]
-    fn specs_carry_settings_and_grace_period() {
-        let plans = [plan("p", 1)];
-        let a = app("a", "p");
-        let r = release("a", 1, true);
-        let specs = desired_instances(
-            &plans,
-            &[AppState {
-                app: &a,
-                release: Some(&r),
-            }],
-        );
-        assert_eq!(specs[0].command, "python3 app.py");
-        assert_eq!(specs[0].env.get("GREETING").map(String::as_str), Some("hi"));
-        assert_eq!(specs[0].grace_period, Millis::from_secs(30));
-    }
 }

@@ -13,13 +13,14 @@
 //! Calls are synchronous and short; the controller makes them from async code and accepts the
 //! brief block (an fsync) rather than hopping threads for every statement.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Mutex;
 
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use stamp_model::{
-    App, AppName, AutoscaleRecord, AutoscaleRun, Certificate, Digest, Millis, Plan, PlanName,
-    Procfile, Release, Settings, SiteConfig, SlotName,
+    App, AppName, AutoscaleRecord, AutoscaleRun, Certificate, Digest, Millis, Placement, Plan,
+    PlanName, ProcessType, Procfile, Release, Settings, SiteConfig, SlotName,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +110,20 @@ CREATE TABLE autoscale_runs (
     evaluation  TEXT NOT NULL
 );
 CREATE INDEX autoscale_runs_by_plan ON autoscale_runs (plan, id);
+"#,
+    r#"
+-- Per-app scaling, and which workers run each app (JSON of stamp_model::Placement).
+ALTER TABLE plans ADD COLUMN per_app_scaling INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE plans ADD COLUMN placement TEXT NOT NULL DEFAULT '{}';
+ALTER TABLE plans ADD COLUMN placed_on INTEGER NOT NULL DEFAULT 0;
+-- Per-app cap on workers, and the process formation (JSON: process type -> count).
+ALTER TABLE apps ADD COLUMN max_workers INTEGER CHECK (max_workers >= 1);
+ALTER TABLE apps ADD COLUMN formation TEXT NOT NULL DEFAULT '{}';
+-- Warm worker pool targets per worker size; sizes without a row use the default.
+CREATE TABLE pools (
+    size        TEXT PRIMARY KEY,
+    warm        INTEGER NOT NULL CHECK (warm >= 0)
+);
 "#,
 ];
 
@@ -221,12 +236,16 @@ impl Store {
     pub fn create_plan(&self, plan: &Plan) -> Result<()> {
         self.with(|c| {
             c.execute(
-                "INSERT INTO plans (name, sku, workers, created_at) VALUES (?1, ?2, ?3, ?4)",
+                "INSERT INTO plans (name, sku, workers, created_at, per_app_scaling, placement, placed_on)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 params![
                     plan.name.as_str(),
                     plan.sku,
                     plan.workers,
-                    plan.created_at.0
+                    plan.created_at.0,
+                    plan.per_app_scaling,
+                    serde_json::to_string(&plan.placement).map_err(corrupt)?,
+                    plan.placed_on,
                 ],
             )
             .map_err(conflict("plan", plan.name.to_string()))?;
@@ -251,18 +270,29 @@ impl Store {
     fn query_plans(&self, only: Option<&str>) -> Result<Vec<Plan>> {
         self.with(|c| {
             let mut stmt = c.prepare(
-                "SELECT name, sku, workers, created_at FROM plans
+                "SELECT name, sku, workers, created_at, per_app_scaling, placement, placed_on FROM plans
                  WHERE ?1 IS NULL OR name = ?1 ORDER BY name",
             )?;
             let rows = stmt.query_map([only], |r| {
-                Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get::<_, String>(5)?,
+                    r.get(6)?,
+                ))
             })?;
             rows.map(|row| {
-                let (name, sku, workers, created_at) = row?;
+                let (name, sku, workers, created_at, per_app_scaling, placement, placed_on) = row?;
                 Ok(Plan {
                     name: PlanName::parse(&name).map_err(corrupt)?,
                     sku,
                     workers,
+                    per_app_scaling,
+                    placement: serde_json::from_str(&placement).map_err(corrupt)?,
+                    placed_on,
                     created_at: Millis(created_at),
                 })
             })
@@ -275,6 +305,36 @@ impl Store {
             let n = c.execute(
                 "UPDATE plans SET workers = ?2 WHERE name = ?1",
                 params![name.as_str(), workers],
+            )?;
+            found(n, "plan", name.to_string())
+        })
+    }
+
+    pub fn set_per_app_scaling(&self, name: &PlanName, on: bool) -> Result<()> {
+        self.with(|c| {
+            let n = c.execute(
+                "UPDATE plans SET per_app_scaling = ?2 WHERE name = ?1",
+                params![name.as_str(), on],
+            )?;
+            found(n, "plan", name.to_string())
+        })
+    }
+
+    /// Records which workers run each app of the plan, placed on `placed_on` workers.
+    pub fn set_placement(
+        &self,
+        name: &PlanName,
+        placement: &Placement,
+        placed_on: u32,
+    ) -> Result<()> {
+        self.with(|c| {
+            let n = c.execute(
+                "UPDATE plans SET placement = ?2, placed_on = ?3 WHERE name = ?1",
+                params![
+                    name.as_str(),
+                    serde_json::to_string(placement).map_err(corrupt)?,
+                    placed_on
+                ],
             )?;
             found(n, "plan", name.to_string())
         })
@@ -306,8 +366,18 @@ impl Store {
             let settings = serde_json::to_string(&app.settings).map_err(corrupt)?;
             let site = site_json(&app.site)?;
             c.execute(
-                "INSERT INTO apps (name, plan, settings, generation, created_at, site) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![app.name.as_str(), app.plan.as_str(), settings, app.generation, app.created_at.0, site],
+                "INSERT INTO apps (name, plan, settings, generation, created_at, site, max_workers, formation)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    app.name.as_str(),
+                    app.plan.as_str(),
+                    settings,
+                    app.generation,
+                    app.created_at.0,
+                    site,
+                    app.max_workers,
+                    serde_json::to_string(&app.formation).map_err(corrupt)?,
+                ],
             )
             .map_err(conflict("app", app.name.to_string()))?;
             Ok(())
@@ -331,8 +401,8 @@ impl Store {
     fn query_apps(&self, only: Option<&str>) -> Result<Vec<App>> {
         self.with(|c| {
             let mut stmt = c.prepare(
-                "SELECT name, plan, settings, generation, created_at, site FROM apps
-                 WHERE ?1 IS NULL OR name = ?1 ORDER BY name",
+                "SELECT name, plan, settings, generation, created_at, site, max_workers, formation
+                 FROM apps WHERE ?1 IS NULL OR name = ?1 ORDER BY name",
             )?;
             let rows = stmt.query_map([only], |r| {
                 Ok((
@@ -342,17 +412,30 @@ impl Store {
                     r.get(3)?,
                     r.get(4)?,
                     r.get::<_, String>(5)?,
+                    r.get(6)?,
+                    r.get::<_, String>(7)?,
                 ))
             })?;
             let mut apps = rows
                 .map(|row| {
-                    let (name, plan, settings, generation, created_at, site) = row?;
+                    let (
+                        name,
+                        plan,
+                        settings,
+                        generation,
+                        created_at,
+                        site,
+                        max_workers,
+                        formation,
+                    ) = row?;
                     Ok(App {
                         name: AppName::parse(&name).map_err(corrupt)?,
                         plan: PlanName::parse(&plan).map_err(corrupt)?,
                         settings: serde_json::from_str(&settings).map_err(corrupt)?,
                         generation,
                         site: serde_json::from_str(&site).map_err(corrupt)?,
+                        max_workers,
+                        formation: serde_json::from_str(&formation).map_err(corrupt)?,
                         created_at: Millis(created_at),
                     })
                 })
@@ -378,6 +461,64 @@ impl Store {
         self.with(|c| {
             let n = c.execute("DELETE FROM apps WHERE name = ?1", [name.as_str()])?;
             found(n, "app", name.to_string())
+        })
+    }
+
+    /// Sets the app's front-end configuration (without its domains: see
+    /// [`Store::set_site`]) and its per-app scaling cap (`None`: all of the plan's workers) at
+    /// once.
+    pub fn update_app_config(
+        &self,
+        name: &AppName,
+        site: &SiteConfig,
+        max_workers: Option<u32>,
+    ) -> Result<()> {
+        self.with(|c| {
+            let n = c.execute(
+                "UPDATE apps SET site = ?2, max_workers = ?3 WHERE name = ?1",
+                params![name.as_str(), site_json(site)?, max_workers],
+            )?;
+            found(n, "app", name.to_string())
+        })
+    }
+
+    /// Replaces the app's process formation.
+    pub fn set_formation(
+        &self,
+        name: &AppName,
+        formation: &BTreeMap<ProcessType, u32>,
+    ) -> Result<()> {
+        self.with(|c| {
+            let n = c.execute(
+                "UPDATE apps SET formation = ?2 WHERE name = ?1",
+                params![
+                    name.as_str(),
+                    serde_json::to_string(formation).map_err(corrupt)?
+                ],
+            )?;
+            found(n, "app", name.to_string())
+        })
+    }
+
+    // ---- warm worker pools
+
+    /// The warm-worker targets set per size (sizes never set are absent).
+    pub fn pools(&self) -> Result<BTreeMap<String, u32>> {
+        self.with(|c| {
+            let mut stmt = c.prepare("SELECT size, warm FROM pools ORDER BY size")?;
+            let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get(1)?)))?;
+            Ok(rows.collect::<rusqlite::Result<BTreeMap<String, u32>>>()?)
+        })
+    }
+
+    pub fn set_pool(&self, size: &str, warm: u32) -> Result<()> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO pools (size, warm) VALUES (?1, ?2)
+                 ON CONFLICT (size) DO UPDATE SET warm = excluded.warm",
+                params![size, warm],
+            )?;
+            Ok(())
         })
     }
 
@@ -821,6 +962,9 @@ mod tests {
 
     fn plan(name: &str) -> Plan {
         Plan {
+            per_app_scaling: false,
+            placement: Placement::default(),
+            placed_on: 0,
             name: PlanName::parse(name).unwrap(),
             sku: "B1".into(),
             workers: 1,
@@ -835,6 +979,8 @@ mod tests {
             settings: Settings::default(),
             generation: 0,
             site: SiteConfig::default(),
+            max_workers: None,
+            formation: BTreeMap::new(),
             created_at: Millis(6),
         }
     }

@@ -13,10 +13,14 @@
 //! instance's `$HOME` and `$TMPDIR`, and its process group id, so the next agent on the same
 //! directory can kill what a crashed one left behind ([`leftovers`]).
 
+mod cgroup;
+mod conns;
 mod health;
 mod leftovers;
+mod pool;
 mod process;
 mod sampler;
+mod sandbox;
 mod supervisor;
 
 use std::collections::{BTreeMap, HashMap};
@@ -27,13 +31,19 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use stamp_model::reconcile::{Action, reconcile};
-use stamp_model::{InstanceId, InstanceSpec, InstanceState, ObservedInstance, WallClock};
+use stamp_model::{
+    InstanceId, InstanceSpec, InstanceState, ObservedInstance, PoolStatus, PoolTarget, WallClock,
+};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 
 pub use stamp_model::usage::InstanceUsage;
 
 use crate::supervisor::{StopRequest, Supervisor};
+
+/// Each running instance's control group, shared by the supervisors (which add and remove
+/// them) and the sampler (which reads their accounting).
+pub(crate) type Groups = Arc<std::sync::Mutex<HashMap<InstanceId, cgroup::InstanceGroup>>>;
 
 /// What a worker agent needs to run instances.
 #[derive(Clone)]
@@ -72,10 +82,12 @@ pub struct WorkerAgent {
     commands: mpsc::UnboundedSender<Command>,
     observed: watch::Receiver<Vec<ObservedInstance>>,
     usage: watch::Receiver<Vec<InstanceUsage>>,
+    pools: watch::Receiver<Vec<PoolStatus>>,
 }
 
 enum Command {
     SetDesired(Vec<InstanceSpec>),
+    SetPools(Vec<PoolTarget>),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -85,6 +97,25 @@ impl WorkerAgent {
     pub async fn start(config: WorkerConfig) -> anyhow::Result<WorkerAgent> {
         let instances = config.dir.join("instances");
         leftovers::kill(&instances).await;
+        // Named after the directory, so the next agent on it finds this one's groups.
+        let dir_key = std::fs::canonicalize(&config.dir)
+            .unwrap_or_else(|_| config.dir.clone())
+            .to_string_lossy()
+            .into_owned();
+        let agent_name = format!("agent-{:016x}", sandbox::fnv1a(dir_key.as_bytes()));
+        let cgroups = tokio::task::spawn_blocking(move || {
+            let cgroups = cgroup::Cgroups::detect(&agent_name);
+            cgroups.clean_leftovers();
+            cgroups
+        })
+        .await
+        .context("detect cgroups")?;
+        let sandbox = sandbox::Sandbox::detect(&dir_key);
+        tracing::info!(
+            "worker limits: {}; users: {}",
+            cgroups.describe(),
+            sandbox.describe()
+        );
         match tokio::fs::remove_dir_all(&instances).await {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -100,17 +131,26 @@ impl WorkerAgent {
         tokio::fs::create_dir_all(&instances)
             .await
             .with_context(|| format!("create the agent's directory {}", instances.display()))?;
+        // Apps' users must be able to reach their own instance directory, and nothing else.
+        for dir in [&config.dir, &instances] {
+            sandbox::passage(dir)
+                .with_context(|| format!("set the permissions of {}", dir.display()))?;
+        }
 
         let (commands, commands_rx) = mpsc::unbounded_channel();
         let (observed_tx, observed) = watch::channel(Vec::new());
         let (reports_tx, reports) = mpsc::unbounded_channel();
         let (usage_tx, usage) = watch::channel(Vec::new());
+        let (pools_tx, pools) = watch::channel(Vec::new());
+        let groups = Groups::default();
         tokio::spawn(
             sampler::SamplerTask::new(
                 observed.clone(),
                 usage_tx,
                 config.clock.clone(),
                 config.sample_interval,
+                groups.clone(),
+                config.logs.clone(),
             )
             .run(),
         );
@@ -122,7 +162,11 @@ impl WorkerAgent {
                 domain: config.domain,
                 drained: config.drained,
                 clock: config.clock,
+                sandbox,
+                groups,
             }),
+            pools: pool::Pools::new(cgroups),
+            pools_tx,
             desired: Vec::new(),
             instances: BTreeMap::new(),
             tasks: HashMap::new(),
@@ -139,6 +183,7 @@ impl WorkerAgent {
             commands,
             observed,
             usage,
+            pools,
         })
     }
 
@@ -160,6 +205,16 @@ impl WorkerAgent {
         self.usage.clone()
     }
 
+    /// How many warm workers of each size to keep ready, replacing the previous targets.
+    pub fn set_pools(&self, targets: Vec<PoolTarget>) {
+        let _ = self.commands.send(Command::SetPools(targets));
+    }
+
+    /// Warm and busy workers per size, updated whenever they change.
+    pub fn pools(&self) -> watch::Receiver<Vec<PoolStatus>> {
+        self.pools.clone()
+    }
+
     /// Stops every instance (SIGTERM to its process group, SIGKILL after its spec's grace
     /// period), all in parallel, and returns when all have exited. Desired state is ignored
     /// afterwards.
@@ -176,11 +231,16 @@ impl WorkerAgent {
 struct Entry {
     observed: ObservedInstance,
     stop: watch::Sender<StopRequest>,
+    /// The sandbox it runs in; released once no instance uses it.
+    binding: pool::Binding,
 }
 
 /// Owns the agent loop: the desired set, the observed instances and their supervisor tasks.
 struct AgentTask {
     context: Arc<supervisor::Context>,
+    /// Warm workers and the sandboxes bound to plan workers.
+    pools: pool::Pools,
+    pools_tx: watch::Sender<Vec<PoolStatus>>,
     desired: Vec<InstanceSpec>,
     instances: BTreeMap<InstanceId, Entry>,
     /// Which instance each supervisor task supervises, to forget it when the task ends.
@@ -203,6 +263,7 @@ impl AgentTask {
             tokio::select! {
                 command = self.commands.recv(), if self.commands_open => match command {
                     Some(Command::SetDesired(specs)) => self.desired = specs,
+                    Some(Command::SetPools(targets)) => self.pools.set_targets(targets),
                     Some(Command::Shutdown(done)) => self.begin_shutdown(Some(done)),
                     None => {
                         self.commands_open = false;
@@ -223,6 +284,9 @@ impl AgentTask {
                     }
                 }
             }
+            if self.shutdown.is_some() && self.instances.is_empty() {
+                self.pools.destroy_all();
+            }
             if let Some(waiters) = &mut self.shutdown {
                 if self.instances.is_empty() {
                     for done in waiters.drain(..) {
@@ -238,6 +302,7 @@ impl AgentTask {
                 }
             } else {
                 self.reconcile();
+                self.tend_pools();
             }
             self.publish();
         }
@@ -311,6 +376,23 @@ impl AgentTask {
         }
     }
 
+    /// Releases sandboxes nothing runs in any more and tops the warm pools up: after the
+    /// starts, so a scale-out never waits for a refill.
+    fn tend_pools(&mut self) {
+        let in_use: std::collections::BTreeSet<pool::Binding> =
+            self.instances.values().map(|e| e.binding.clone()).collect();
+        self.pools.release_unused(&in_use);
+        self.pools.refill();
+        let status = self.pools.status();
+        self.pools_tx.send_if_modified(|current| {
+            let changed = *current != status;
+            if changed {
+                *current = status;
+            }
+            changed
+        });
+    }
+
     fn start(&mut self, spec: InstanceSpec) {
         let id = loop {
             let id = InstanceId(format!(
@@ -334,6 +416,27 @@ impl AgentTask {
                 return;
             }
         };
+        let (worker, warm) = match self.pools.acquire(&spec.key.worker, &spec.limits) {
+            Ok(w) => w,
+            Err(e) => {
+                // Retried on the next change.
+                tracing::error!(
+                    "failed to prepare a {} worker for {id}: {e}",
+                    spec.limits.size
+                );
+                return;
+            }
+        };
+        if warm {
+            self.context.logs.event(
+                &spec.key.app,
+                &format!(
+                    "worker {} takes warm {} worker {}",
+                    spec.key.worker, spec.limits.size, worker.name
+                ),
+            );
+        }
+        let binding = (spec.key.worker.clone(), spec.limits.size.clone());
         let observed = ObservedInstance {
             id: id.clone(),
             spec,
@@ -348,6 +451,7 @@ impl AgentTask {
         let supervisor = Supervisor::new(
             self.context.clone(),
             observed.clone(),
+            worker,
             self.reports_tx.clone(),
             stop_rx,
         );
@@ -355,7 +459,14 @@ impl AgentTask {
         // thread), which PR_SET_PDEATHSIG relies on: see `process::spawn`.
         let handle = self.supervisors.spawn(supervisor.run());
         self.tasks.insert(handle.id(), id.clone());
-        self.instances.insert(id, Entry { observed, stop });
+        self.instances.insert(
+            id,
+            Entry {
+                observed,
+                stop,
+                binding,
+            },
+        );
     }
 }
 

@@ -21,6 +21,9 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 
+use crate::cgroup::InstanceGroup;
+use crate::sandbox::AppUser;
+
 /// Longer output lines are split: one runaway line must not hold the agent's memory.
 pub(crate) const MAX_LINE: usize = 16 * 1024;
 
@@ -75,11 +78,20 @@ pub(crate) enum StartError {
     Internal(String),
 }
 
-/// Makes the instance's directories and unpacks the artifact into `app/`. Blocking.
+/// What confines an instance's processes: its control group and the user it runs as.
+pub(crate) struct Jail {
+    pub group: InstanceGroup,
+    /// None: the agent's own user (the agent is not root).
+    pub user: Option<AppUser>,
+}
+
+/// Makes the instance's directories, unpacks the artifact into `app/`, and hands the whole
+/// instance directory to the app's user (mode 0700). Blocking.
 pub(crate) fn prepare(
     paths: &InstancePaths,
     artifacts: &BlobStore,
     digest: &Digest,
+    user: Option<AppUser>,
 ) -> Result<(), StartError> {
     let io = |what, path: &PathBuf| {
         let path = path.clone();
@@ -105,7 +117,11 @@ pub(crate) fn prepare(
     .map_err(|source| StartError::Unpack {
         digest: digest.clone(),
         source,
-    })
+    })?;
+    if let Some(user) = user {
+        crate::sandbox::hand_over(&paths.root, user).map_err(io("hand over", &paths.root))?;
+    }
+    Ok(())
 }
 
 /// The shell line that runs a Procfile command. A simple command (no lists, pipes, redirections
@@ -123,6 +139,20 @@ pub(crate) fn shell_command(command: &str) -> String {
     } else {
         format!("exec {command}")
     }
+}
+
+/// The `PATH` of a sandboxed instance: the system's directories, which every user may search.
+/// Stamp's own `PATH` may name directories only root can enter (a pyenv under `/root`, say).
+pub(crate) const SANDBOX_PATH: &str =
+    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// An instance's `PATH` unless its settings say otherwise: the agent's own when the instance runs
+/// as the agent's user, [`SANDBOX_PATH`] when it runs as its app's.
+fn instance_path(sandboxed: bool) -> std::ffi::OsString {
+    if sandboxed {
+        return SANDBOX_PATH.into();
+    }
+    std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into())
 }
 
 /// A running (or exited, not yet waited for) instance process and its process group.
@@ -148,6 +178,7 @@ impl Process {
         paths: &InstancePaths,
         domain: &str,
         logs: &LogBook,
+        jail: &Jail,
     ) -> Result<Process, StartError> {
         let spec = &instance.spec;
         let app = &spec.key.app;
@@ -157,10 +188,7 @@ impl Process {
             .arg(shell_command(&spec.command))
             .current_dir(&paths.app)
             .env_clear()
-            .env(
-                "PATH",
-                std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into()),
-            )
+            .env("PATH", instance_path(jail.user.is_some()))
             .env("LANG", "C.UTF-8")
             // App settings (PATH and LANG may be overridden), then the platform's variables,
             // which win.
@@ -181,7 +209,7 @@ impl Process {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0);
-        die_with_agent(&mut command);
+        confine(&mut command, jail.group.join_files(), jail.user);
         let mut child = command.spawn().map_err(|source| StartError::Spawn {
             command: spec.command.clone(),
             source,
@@ -286,19 +314,30 @@ fn describe(status: ExitStatus) -> String {
     }
 }
 
-/// Arranges for the child to be SIGKILLed when the thread that spawned it exits, so a
-/// `kill -9` of Stamp takes its instances down with it.
+/// In the child, before exec: joins the instance's control groups (writing to the precomputed
+/// `join` files), drops to the app's user, and arranges to be SIGKILLed when the thread that
+/// spawned it exits, so a `kill -9` of Stamp takes its instances down with it. The death
+/// signal is set last because changing credentials clears it.
 #[cfg(target_os = "linux")]
 #[expect(
     unsafe_code,
-    reason = "pre_exec is the only way to set PR_SET_PDEATHSIG in the child"
+    reason = "pre_exec is the only way to join groups, change user and set PR_SET_PDEATHSIG in the child"
 )]
-fn die_with_agent(command: &mut Command) {
+fn confine(command: &mut Command, join: Vec<std::ffi::CString>, user: Option<AppUser>) {
+    use nix::unistd::{Gid, Uid, setgid, setgroups, setuid};
     let agent = nix::unistd::getpid().as_raw();
-    // SAFETY: the closure runs in the forked child before exec. It only makes the
-    // async-signal-safe syscalls prctl and getppid, and builds errors without allocating.
+    // SAFETY: the closure runs in the forked child before exec. It only makes async-signal-safe
+    // syscalls (open, write, close, setgroups, setgid, setuid, prctl, getppid) on data prepared
+    // before the fork, and builds errors without allocating.
     unsafe {
         command.pre_exec(move || {
+            crate::cgroup::join(&join)?;
+            if let Some(user) = user {
+                let gid = Gid::from_raw(user.gid);
+                setgroups(&[gid])?;
+                setgid(gid)?;
+                setuid(Uid::from_raw(user.uid))?;
+            }
             if libc::prctl(
                 libc::PR_SET_PDEATHSIG,
                 libc::SIGKILL as libc::c_ulong,
@@ -319,7 +358,7 @@ fn die_with_agent(command: &mut Command) {
 }
 
 #[cfg(not(target_os = "linux"))]
-fn die_with_agent(_command: &mut Command) {}
+fn confine(_command: &mut Command, _join: Vec<std::ffi::CString>, _user: Option<AppUser>) {}
 
 /// Forwards one output stream to the app's log, a line at a time (lossy UTF-8, lines longer than
 /// [`MAX_LINE`] split), until end of file.

@@ -15,8 +15,13 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use stamp_logs::LogBook;
 use stamp_model::usage::{InstanceUsage, ProcessCpu, cores, group_ticks};
 use stamp_model::{InstanceId, InstanceKey, InstanceState, ObservedInstance, WallClock};
+
+use crate::Groups;
+use crate::cgroup::InstanceGroup;
+use crate::conns::{self, SocketTable};
 use tokio::sync::watch;
 use tokio::time::{Instant, MissedTickBehavior};
 
@@ -34,12 +39,20 @@ pub(crate) struct SamplerTask {
     /// The last sample of each instance's group, the start of its next interval. Keyed by
     /// instance; the pgid tells a restarted process (a new group) from the one sampled.
     baselines: HashMap<InstanceId, Baseline>,
+    /// Each instance's control group, when the host has them: CPU and memory then come from
+    /// its accounting, which sees every descendant, not only the process group.
+    groups: Groups,
+    /// Outbound-connection warnings already given, per instance.
+    warned: HashMap<InstanceId, Warned>,
+    logs: LogBook,
 }
 
 struct Baseline {
     pgid: i32,
     at: Instant,
     processes: Vec<ProcessCpu>,
+    /// The control group's CPU counter at `at`.
+    cgroup_cpu_ns: Option<u64>,
 }
 
 /// An instance to sample this tick.
@@ -47,6 +60,34 @@ struct Target {
     id: InstanceId,
     key: InstanceKey,
     pgid: i32,
+    port: u16,
+    outbound_limit: u32,
+    group: Option<InstanceGroup>,
+}
+
+/// How close to its outbound-connection limit an instance was last said to be: an event is
+/// given when it climbs a level, and the level drops again (re-arming the event) only once the
+/// count falls clearly below it, so a count hovering at 80 % does not flood the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Warned {
+    Below,
+    /// At 80 % of the limit.
+    Near,
+    /// At the limit.
+    At,
+}
+
+impl Warned {
+    fn next(self, count: u32, limit: u32) -> Warned {
+        let percent = u64::from(count) * 100 / u64::from(limit.max(1));
+        if percent >= 100 || (self == Warned::At && percent >= 90) {
+            Warned::At
+        } else if percent >= 80 || (self >= Warned::Near && percent >= 70) {
+            Warned::Near
+        } else {
+            Warned::Below
+        }
+    }
 }
 
 impl SamplerTask {
@@ -55,6 +96,8 @@ impl SamplerTask {
         usage: watch::Sender<Vec<InstanceUsage>>,
         clock: Arc<dyn WallClock>,
         interval: Duration,
+        groups: Groups,
+        logs: LogBook,
     ) -> SamplerTask {
         SamplerTask {
             observed,
@@ -63,6 +106,9 @@ impl SamplerTask {
             interval: interval.max(MIN_INTERVAL),
             system: System::read(),
             baselines: HashMap::new(),
+            groups,
+            warned: HashMap::new(),
+            logs,
         }
     }
 
@@ -85,21 +131,28 @@ impl SamplerTask {
     }
 
     async fn sample(&mut self) {
-        let targets: Vec<Target> = self
-            .observed
-            .borrow()
-            .iter()
-            .filter(|o| matches!(o.state, InstanceState::Ready | InstanceState::Starting))
-            .filter_map(|o| {
-                Some(Target {
-                    id: o.id.clone(),
-                    key: o.spec.key.clone(),
-                    pgid: i32::try_from(o.pid?).ok()?,
+        let targets: Vec<Target> = {
+            let groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
+            self.observed
+                .borrow()
+                .iter()
+                .filter(|o| matches!(o.state, InstanceState::Ready | InstanceState::Starting))
+                .filter_map(|o| {
+                    Some(Target {
+                        id: o.id.clone(),
+                        key: o.spec.key.clone(),
+                        pgid: i32::try_from(o.pid?).ok()?,
+                        port: o.port,
+                        outbound_limit: o.spec.limits.outbound_connections,
+                        group: groups.get(&o.id).cloned(),
+                    })
                 })
-            })
-            .collect();
+                .collect()
+        };
         self.baselines
             .retain(|id, b| targets.iter().any(|t| t.id == *id && t.pgid == b.pgid));
+        self.warned
+            .retain(|id, _| targets.iter().any(|t| t.id == *id));
         if targets.is_empty() {
             self.usage.send_if_modified(|usage| {
                 let modified = !usage.is_empty();
@@ -110,8 +163,35 @@ impl SamplerTask {
         }
 
         let groups: HashSet<i32> = targets.iter().map(|t| t.pgid).collect();
-        let scan = tokio::task::spawn_blocking(move || (Instant::now(), scan(&groups))).await;
-        let (at, mut found) = match scan {
+        let cgroups: Vec<(i32, InstanceGroup)> = targets
+            .iter()
+            .filter_map(|t| Some((t.pgid, t.group.clone()?)))
+            .collect();
+        let scan = tokio::task::spawn_blocking(move || {
+            let at = Instant::now();
+            let mut found = scan(&groups);
+            // Connections and accounting of the same moment as the process scan.
+            let sockets = SocketTable::read().unwrap_or_else(|e| {
+                tracing::debug!("cannot read the TCP socket table: {e}");
+                SocketTable::parse("", "")
+            });
+            for (pgid, cgroup) in cgroups {
+                if let Some(g) = found.get_mut(&pgid) {
+                    g.cgroup = cgroup.usage();
+                    g.cgroup_pids = cgroup.pids();
+                }
+            }
+            for g in found.values_mut() {
+                g.sockets_of = if g.cgroup_pids.is_empty() {
+                    g.processes.iter().map(|p| p.pid).collect()
+                } else {
+                    g.cgroup_pids.clone()
+                };
+            }
+            (at, found, sockets)
+        })
+        .await;
+        let (at, mut found, sockets) = match scan {
             Ok(scan) => scan,
             Err(e) => {
                 tracing::warn!("failed to sample the instances' CPU and memory: {e}");
@@ -128,34 +208,73 @@ impl SamplerTask {
                 self.baselines.remove(&target.id);
                 continue;
             };
+            let outbound = conns::count_outbound(&sockets, &group.sockets_of, &[target.port]);
+            self.warn_outbound(&target, outbound);
             let now = Baseline {
                 pgid: target.pgid,
                 at,
                 processes: group.processes,
+                cgroup_cpu_ns: group.cgroup.map(|u| u.cpu_ns),
             };
-            let ticks = self
-                .baselines
-                .get(&target.id)
-                .map(|before| (group_ticks(&before.processes, &now.processes), before.at));
-            self.baselines.insert(target.id.clone(), now);
+            let before = self.baselines.insert(target.id.clone(), now);
             // Seen for the first time: this sample is the start of its first interval.
-            let Some((ticks, since)) = ticks else {
+            let Some(before) = before else {
                 continue;
+            };
+            let now = &self.baselines[&target.id];
+            let elapsed = at.saturating_duration_since(before.at);
+            let cpu_cores = match (before.cgroup_cpu_ns, now.cgroup_cpu_ns) {
+                (Some(b), Some(n)) if !elapsed.is_zero() => {
+                    n.saturating_sub(b) as f64 / elapsed.as_nanos() as f64
+                }
+                _ => cores(
+                    group_ticks(&before.processes, &now.processes),
+                    self.system.ticks_per_second,
+                    elapsed,
+                ),
             };
             usage.push(InstanceUsage {
                 id: target.id,
                 key: target.key,
-                cpu_cores: cores(
-                    ticks,
-                    self.system.ticks_per_second,
-                    at.saturating_duration_since(since),
+                cpu_cores,
+                memory_bytes: group.cgroup.map_or_else(
+                    || group.rss_pages.saturating_mul(self.system.page_size),
+                    |u| u.memory_bytes,
                 ),
-                memory_bytes: group.rss_pages.saturating_mul(self.system.page_size),
+                outbound_connections: outbound,
                 at_ms,
             });
         }
         usage.sort_by(|a, b| (&a.key, &a.id).cmp(&(&b.key, &b.id)));
         self.usage.send_replace(usage);
+    }
+
+    /// An event in the app's log when an instance reaches 80 % of its outbound-connection
+    /// limit, and again at the limit.
+    fn warn_outbound(&mut self, target: &Target, count: u32) {
+        let limit = target.outbound_limit;
+        let before = self
+            .warned
+            .get(&target.id)
+            .copied()
+            .unwrap_or(Warned::Below);
+        let now = before.next(count, limit);
+        self.warned.insert(target.id.clone(), now);
+        if now <= before {
+            return;
+        }
+        let text = match now {
+            Warned::At => format!(
+                "{} has {count} open outbound connections, its limit of {limit}: new connections are refused where the host enforces it; close idle connections or reuse them (a connection pool)",
+                target.id
+            ),
+            _ => format!(
+                "{} has {count} open outbound connections, over 80 % of its limit of {limit}",
+                target.id
+            ),
+        };
+        tracing::warn!(app = %target.key.app, "{text}");
+        self.logs.event(&target.key.app, &text);
     }
 }
 
@@ -189,6 +308,13 @@ struct Group {
     rss_pages: u64,
     /// Whether any member is still running (not a zombie waiting to be reaped).
     live: bool,
+    /// The instance's control group accounting, when it has one.
+    cgroup: Option<crate::cgroup::Usage>,
+    /// The processes of the control group (empty without one).
+    cgroup_pids: Vec<u32>,
+    /// Whose sockets count as the instance's: the control group's processes, else the
+    /// process group's.
+    sockets_of: Vec<u32>,
 }
 
 /// Every process of the given process groups, from `/proc/<pid>/stat`. Blocking.
@@ -275,6 +401,27 @@ impl Stat {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn outbound_warnings_climb_once_and_rearm_below_the_level() {
+        use super::Warned::{self, At, Below, Near};
+        let walk = |counts: &[u32]| {
+            let mut level = Below;
+            counts
+                .iter()
+                .map(|&c| {
+                    level = level.next(c, 100);
+                    level
+                })
+                .collect::<Vec<Warned>>()
+        };
+        assert_eq!(
+            walk(&[10, 79, 80, 85, 75, 69, 80, 100, 95, 89, 100]),
+            [
+                Below, Below, Near, Near, Near, Below, Near, At, At, Near, At
+            ]
+        );
+    }
+
     use super::*;
 
     #[test]

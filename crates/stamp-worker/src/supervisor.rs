@@ -14,7 +14,8 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::health::{self, HealthProbe};
-use crate::process::{InstancePaths, Process, StartError};
+use crate::pool::Worker;
+use crate::process::{InstancePaths, Jail, Process, StartError};
 
 /// How often a starting instance's port is tried.
 const READY_POLL: Duration = Duration::from_millis(25);
@@ -33,6 +34,10 @@ pub(crate) struct Context {
     pub domain: String,
     pub drained: Arc<dyn Fn(SocketAddr) -> bool + Send + Sync>,
     pub clock: Arc<dyn WallClock>,
+    /// Which user each app runs as.
+    pub sandbox: crate::sandbox::Sandbox,
+    /// Where the sampler finds each instance's control group.
+    pub groups: crate::Groups,
 }
 
 /// What the agent wants of a supervised instance.
@@ -57,14 +62,20 @@ pub(crate) struct Supervisor {
     paths: InstancePaths,
     reports: mpsc::UnboundedSender<ObservedInstance>,
     stop: watch::Receiver<StopRequest>,
-    /// The artifact is unpacked once; restarts reuse the directory.
-    prepared: bool,
+    /// The sandbox of the worker it runs on.
+    worker: Arc<Worker>,
+    /// The instance's own group under the worker's, and the user it runs as: made with the
+    /// directory, once; restarts reuse them.
+    jail: Option<Arc<Jail>>,
+    /// The instance group's OOM kills already explained.
+    ooms_seen: u64,
 }
 
 impl Supervisor {
     pub fn new(
         context: Arc<Context>,
         observed: ObservedInstance,
+        worker: Arc<Worker>,
         reports: mpsc::UnboundedSender<ObservedInstance>,
         stop: watch::Receiver<StopRequest>,
     ) -> Supervisor {
@@ -75,7 +86,9 @@ impl Supervisor {
             paths,
             reports,
             stop,
-            prepared: false,
+            worker,
+            jail: None,
+            ooms_seen: 0,
         }
     }
 
@@ -104,6 +117,19 @@ impl Supervisor {
             self.observed.restarts += 1;
         }
         self.observed.pid = None;
+        self.context
+            .groups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.observed.id);
+        if let Some(jail) = self.jail.take() {
+            // Whatever the app left running in its group goes with it.
+            let _ = tokio::task::spawn_blocking(move || {
+                jail.group.kill_all();
+                jail.group.remove();
+            })
+            .await;
+        }
         match tokio::fs::remove_dir_all(&self.paths.root).await {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -147,8 +173,9 @@ impl Supervisor {
 
         let port = self.observed.port;
         let timeout = self.observed.spec.start_timeout;
+        let takes_traffic = self.observed.spec.takes_traffic();
         tokio::select! {
-            exit = process.wait() => return crashed(exit, started),
+            exit = process.wait() => return self.crashed(exit, started),
             () = tokio::time::sleep(timeout.as_duration()) => {
                 process.signal(Signal::SIGKILL);
                 process.wait().await;
@@ -161,13 +188,22 @@ impl Supervisor {
                 };
             }
             request = stop_requested(&mut self.stop) => return self.stop(process, request).await,
-            () = listening(port) => {}
+            // Only web instances listen on $PORT; the others are up once they run (Heroku).
+            () = listening(port), if takes_traffic => {}
+            () = std::future::ready(()), if !takes_traffic => {}
         }
         self.set_state(InstanceState::Ready);
-        self.event(&format!(
-            "{} v{} ready on port {port}",
-            self.observed.id, self.observed.spec.release
-        ));
+        if takes_traffic {
+            self.event(&format!(
+                "{} v{} ready on port {port}",
+                self.observed.id, self.observed.spec.release
+            ));
+        } else {
+            self.event(&format!(
+                "{} v{} running ({} process, no HTTP traffic)",
+                self.observed.id, self.observed.spec.release, self.observed.spec.key.process_type
+            ));
+        }
         // Probed only while ready: a timer in this loop, nothing at all without a health check.
         let host = format!("{}.{}", self.observed.spec.key.app, self.context.domain);
         let mut health = self
@@ -178,7 +214,7 @@ impl Supervisor {
             .map(|check| HealthProbe::new(&self.observed.id.0, check, &host, port));
         loop {
             tokio::select! {
-                exit = process.wait() => return crashed(exit, started),
+                exit = process.wait() => return self.crashed(exit, started),
                 request = stop_requested(&mut self.stop) => {
                     return self.stop(process, request).await;
                 }
@@ -191,19 +227,42 @@ impl Supervisor {
         }
     }
 
-    /// Prepares the instance's directory (once) and spawns its process.
+    /// Prepares the instance's directory and sandbox (once) and spawns its process.
     async fn launch(&mut self) -> Result<Process, StartError> {
-        if !self.prepared {
-            let paths = self.paths.clone();
-            let artifacts = self.context.artifacts.clone();
-            let digest = self.observed.spec.artifact.clone();
-            tokio::task::spawn_blocking(move || {
-                crate::process::prepare(&paths, &artifacts, &digest)
-            })
-            .await
-            .map_err(|e| StartError::Internal(e.to_string()))??;
-            self.prepared = true;
-        }
+        let jail = match &self.jail {
+            Some(jail) => jail.clone(),
+            None => {
+                let paths = self.paths.clone();
+                let artifacts = self.context.artifacts.clone();
+                let digest = self.observed.spec.artifact.clone();
+                let user = self.context.sandbox.user(&self.observed.spec.key.app);
+                let worker = self.worker.clone();
+                let id = self.observed.id.0.clone();
+                let jail = tokio::task::spawn_blocking(move || {
+                    crate::process::prepare(&paths, &artifacts, &digest, user)?;
+                    let group =
+                        worker
+                            .group
+                            .create_instance(&id)
+                            .map_err(|source| StartError::Io {
+                                what: "create the control group of",
+                                path: paths.root.clone(),
+                                source,
+                            })?;
+                    Ok::<_, StartError>(Jail { group, user })
+                })
+                .await
+                .map_err(|e| StartError::Internal(e.to_string()))??;
+                self.context
+                    .groups
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(self.observed.id.clone(), jail.group.clone());
+                let jail = Arc::new(jail);
+                self.jail = Some(jail.clone());
+                jail
+            }
+        };
         // Spawned here, on a runtime worker thread, never inside spawn_blocking: see
         // `process::spawn` on PR_SET_PDEATHSIG.
         let process = Process::spawn(
@@ -211,6 +270,7 @@ impl Supervisor {
             &self.paths,
             &self.context.domain,
             &self.context.logs,
+            &jail,
         )?;
         if let Err(e) = tokio::fs::write(&self.paths.pgid, process.pgid().to_string()).await {
             tracing::warn!(
@@ -276,10 +336,26 @@ impl Supervisor {
     }
 }
 
-fn crashed(exit: String, started: Instant) -> Attempt {
-    Attempt::Crashed {
-        reason: exit,
-        ran_for: Millis::from(started.elapsed()),
+impl Supervisor {
+    /// A crash, explained: when the kernel's OOM killer took a process of the instance since
+    /// the last crash, the reason says it was the worker's memory limit.
+    fn crashed(&mut self, exit: String, started: Instant) -> Attempt {
+        let ooms = self.jail.as_ref().map_or(0, |j| j.group.oom_kills());
+        let limits = &self.observed.spec.limits;
+        let oom = ooms > self.ooms_seen;
+        self.ooms_seen = ooms;
+        let reason = if oom {
+            format!(
+                "{exit}: killed for exceeding the worker's memory limit of {} MiB ({} worker); use less memory or a larger SKU",
+                limits.memory_mib, limits.size
+            )
+        } else {
+            exit
+        };
+        Attempt::Crashed {
+            reason,
+            ran_for: Millis::from(started.elapsed()),
+        }
     }
 }
 
@@ -291,14 +367,18 @@ async fn stop_requested(stop: &mut watch::Receiver<StopRequest>) -> StopRequest 
     }
 }
 
-/// Resolves once something accepts TCP connections on 127.0.0.1:`port`.
+/// Resolves once something accepts TCP connections on 127.0.0.1:`port`. Tried at once, then
+/// after 1 ms, doubling to [`READY_POLL`]: a fast app (a few ms to listen) is seen ready within
+/// a millisecond or two, and a slow one costs a connect attempt every 25 ms.
 async fn listening(port: u16) {
+    let mut pause = Duration::from_millis(1);
     loop {
         let connect = tokio::net::TcpStream::connect(("127.0.0.1", port));
         if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(1), connect).await {
             return;
         }
-        tokio::time::sleep(READY_POLL).await;
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(READY_POLL);
     }
 }
 

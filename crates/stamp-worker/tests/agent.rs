@@ -162,6 +162,7 @@ impl Rig {
             grace_period: Millis::from_secs(30),
             start_timeout: Millis::from_secs(30),
             health_check: None,
+            limits: stamp_model::WorkerLimits::of(&stamp_model::Sku::find("B1").unwrap()),
         }
     }
 

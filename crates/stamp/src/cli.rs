@@ -41,6 +41,14 @@ pub enum PlanCmd {
         #[arg(long)]
         no_wait: bool,
     },
+    /// Change a plan's settings.
+    Update {
+        name: String,
+        /// Per-app scaling (Standard and up): each app's --max-workers caps how many of the
+        /// plan's workers run it.
+        #[arg(long)]
+        per_app_scaling: Option<bool>,
+    },
     /// Delete a plan (it must have no apps).
     Delete { name: String },
     /// List the SKUs and their limits.
@@ -99,6 +107,9 @@ pub struct UpdateAppArgs {
     /// Most instances (percent) the health check may take out of rotation (default 50).
     #[arg(long)]
     health_max_unhealthy_percent: Option<u32>,
+    /// Per-app scaling: run the app on at most N of the plan's workers, or "all".
+    #[arg(long, value_name = "N|all")]
+    max_workers: Option<String>,
 }
 
 #[derive(clap::Subcommand)]
@@ -281,15 +292,26 @@ pub async fn run(global: &Global, command: Command) -> anyhow::Result<()> {
         }
         Command::Access(cmd) => access(&c, out, cmd).await,
         Command::Cert(cmd) => cert(&c, out, cmd).await,
+        Command::Scale(args) => crate::workers::scale(&c, out, args).await,
+        Command::Pool(cmd) => crate::workers::pool(&c, out, cmd).await,
         Command::Ps(a) => {
-            let list = c.instances(&a.app).await?;
+            let mut list = c.instances(&a.app).await?;
+            // Grouped by process type, web first, as `heroku ps` shows them.
+            list.sort_by(|a, b| {
+                (a.process_type != "web", &a.process_type, &a.worker, &a.id).cmp(&(
+                    b.process_type != "web",
+                    &b.process_type,
+                    &b.worker,
+                    &b.id,
+                ))
+            });
             output::show(out, &list, |list| {
                 let rows: Vec<Vec<String>> = list
                     .iter()
                     .map(|i| {
                         vec![
-                            i.id.clone(),
                             i.process_type.clone(),
+                            i.id.clone(),
                             i.worker.clone(),
                             format!("v{}", i.release),
                             if i.healthy {
@@ -306,7 +328,7 @@ pub async fn run(global: &Global, command: Command) -> anyhow::Result<()> {
                     .collect();
                 table(
                     &[
-                        "ID", "TYPE", "WORKER", "RELEASE", "STATE", "PID", "PORT", "UPTIME",
+                        "TYPE", "ID", "WORKER", "RELEASE", "STATE", "PID", "PORT", "UPTIME",
                         "RESTARTS",
                     ],
                     &rows,
@@ -391,7 +413,26 @@ async fn plan(c: &Client, out: Output, cmd: PlanCmd) -> anyhow::Result<()> {
         }
         PlanCmd::Show { name } => {
             let p = c.plan(&name).await?;
-            output::show(out, &p, |p| plan_rows(std::slice::from_ref(p)))
+            output::show(out, &p, |p| {
+                plan_rows(std::slice::from_ref(p));
+                println!();
+                crate::workers::placement_rows(p);
+            })
+        }
+        PlanCmd::Update {
+            name,
+            per_app_scaling,
+        } => {
+            let p = c
+                .update_plan(&name, &wire::UpdatePlan { per_app_scaling })
+                .await?;
+            output::show(out, &p, |p| {
+                println!(
+                    "Plan {}: per-app scaling {}",
+                    p.name,
+                    if p.per_app_scaling { "on" } else { "off" }
+                )
+            })
         }
         PlanCmd::Scale {
             name,
@@ -507,6 +548,7 @@ async fn app(c: &Client, out: Output, cmd: AppCmd) -> anyhow::Result<()> {
                 health_check_interval_secs: u.health_interval,
                 health_check_unhealthy_after: u.health_threshold,
                 health_check_max_unhealthy_percent: u.health_max_unhealthy_percent,
+                max_workers: u.max_workers.as_deref().map(crate::workers::parse_cap),
             };
             let a = c.update_app(&u.name, &req).await?;
             output::show(out, &a, site_rows)
@@ -742,7 +784,7 @@ async fn deploy(c: &Client, out: Output, args: DeployArgs) -> anyhow::Result<()>
 
 /// Waits until every instance the app should have is ready and no older one remains, showing a
 /// spinner. Fails with advice if that does not happen within `timeout`.
-async fn wait_rollout(
+pub(crate) async fn wait_rollout(
     c: &Client,
     app: &str,
     version: Option<u32>,

@@ -7,6 +7,7 @@ mod autoscale;
 mod cli;
 mod output;
 mod up;
+mod workers;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -93,8 +94,13 @@ enum Command {
     Access(cli::AccessCmd),
     /// Deploy a directory, .zip or .tar.gz as the app's next release.
     Deploy(cli::DeployArgs),
-    /// List an app's instances.
+    /// List an app's instances, grouped by process type.
     Ps(cli::AppArg),
+    /// Set instance counts per process type: `stamp scale APP web=2 worker=1`.
+    Scale(workers::ScaleArgs),
+    /// Warm worker pools: prepared workers per size that plans scale out onto.
+    #[command(subcommand)]
+    Pool(workers::PoolCmd),
     /// App settings (environment variables); a change makes a new release.
     #[command(subcommand)]
     Config(cli::ConfigCmd),

@@ -15,7 +15,9 @@ use stamp_controller::{CertSummary, Controller, ControllerConfig, FrontEnd, Node
 use stamp_frontend::{Frontend, FrontendConfig};
 use stamp_logs::LogBook;
 use stamp_model::sku::Capacity;
-use stamp_model::{Certificate, InstanceSpec, ObservedInstance, SystemClock, WallClock};
+use stamp_model::{
+    Certificate, InstanceSpec, ObservedInstance, PoolStatus, PoolTarget, SystemClock, WallClock,
+};
 use stamp_routes::RouteTable;
 use stamp_store::Store;
 use stamp_worker::{WorkerAgent, WorkerConfig};
@@ -117,10 +119,19 @@ impl Node for AgentNode {
             .map(|u| WorkerUsage {
                 plan: u.key.worker.plan.clone(),
                 worker: u.key.worker.index,
+                app: u.key.app.clone(),
+                instance: u.id.0.clone(),
                 cpu_cores: u.cpu_cores,
                 memory_bytes: u.memory_bytes,
+                outbound_connections: u.outbound_connections,
             })
             .collect()
+    }
+    fn set_pools(&self, targets: Vec<PoolTarget>) {
+        self.0.set_pools(targets);
+    }
+    fn pools(&self) -> Vec<PoolStatus> {
+        self.0.pools().borrow().clone()
     }
 }
 
@@ -241,6 +252,30 @@ fn admin_token(data: &Path, store: &Store, clock: &dyn WallClock) -> anyhow::Res
     Ok(())
 }
 
+/// Settings (often secrets), the token, the store and every app's code live in the data
+/// directory: everything in it is its owner's only (0700 directories, 0600 files), except that
+/// the directory itself and the agent's `worker/` are 0711, so the apps' own users can reach
+/// their instance directories (each 0700, theirs) without listing or reading anything else.
+/// Files created later are private too: the process's umask is 077.
+fn protect_data_dir(data: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    let set = |path: &std::path::Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .with_context(|| format!("restrict {} to its owner", path.display()))
+    };
+    set(data, 0o711)?;
+    for entry in std::fs::read_dir(data).with_context(|| format!("list {}", data.display()))? {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        if entry.file_name() == "worker" || kind.is_symlink() {
+            continue;
+        }
+        set(&entry.path(), if kind.is_dir() { 0o700 } else { 0o600 })?;
+    }
+    Ok(())
+}
+
 pub async fn run(global: &Global, args: UpArgs) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -276,9 +311,7 @@ pub async fn run(global: &Global, args: UpArgs) -> anyhow::Result<()> {
         std::fs::create_dir_all(data.join(sub))
             .with_context(|| format!("create data directory {}", data.join(sub).display()))?;
     }
-    // Settings (often secrets), the token and every app's files live here: owner only.
-    std::fs::set_permissions(&data, std::os::unix::fs::PermissionsExt::from_mode(0o700))
-        .with_context(|| format!("restrict {} to its owner", data.display()))?;
+    protect_data_dir(&data)?;
     let clock: Arc<dyn WallClock> = Arc::new(SystemClock);
     let store = Store::open(&data.join("stamp.db")).context("open the store")?;
     admin_token(&data, &store, clock.as_ref())?;

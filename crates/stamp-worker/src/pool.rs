@@ -1,0 +1,168 @@
+//! Workers and warm pools.
+//!
+//! A worker here is a sandbox of one size: a cgroup (see [`crate::cgroup`]) with the size's CPU
+//! quota and memory limit, under which each instance gets its own group. A plan's worker
+//! ([`WorkerId`]) is bound to one such sandbox when its first instance starts and released when
+//! its last instance is gone.
+//!
+//! Per size the node keeps a target number of **warm** workers: sandboxes created and limited
+//! ahead of time with nothing app-specific in them (Azure's pre-provisioned workers). Binding
+//! takes a warm worker when there is one, so a scale-out only has to start the app; otherwise it
+//! creates one on the spot (a cold start). [`Pools::refill`] tops the pools up after every
+//! round of starts, off the scale-out's path. A released worker is destroyed, never returned to
+//! the pool: what an app left behind does not reach the next one.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+
+use stamp_model::{PoolStatus, PoolTarget, WorkerId, WorkerLimits};
+
+use crate::cgroup::{Cgroups, Limits, WorkerGroup};
+
+/// One sandbox of a size.
+pub(crate) struct Worker {
+    /// `small-7`: the size and a number unique in this agent.
+    pub name: String,
+    pub limits: WorkerLimits,
+    pub group: WorkerGroup,
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.group.remove();
+    }
+}
+
+/// Which plan worker a sandbox serves: the plan's worker and its size (a plan changing SKU
+/// moves to sandboxes of the new size while the old ones drain).
+pub(crate) type Binding = (WorkerId, String);
+
+pub(crate) struct Pools {
+    cgroups: Cgroups,
+    targets: BTreeMap<String, PoolTarget>,
+    warm: BTreeMap<String, VecDeque<Arc<Worker>>>,
+    bound: BTreeMap<Binding, Arc<Worker>>,
+    created: u64,
+}
+
+impl Pools {
+    pub fn new(cgroups: Cgroups) -> Pools {
+        Pools {
+            cgroups,
+            targets: BTreeMap::new(),
+            warm: BTreeMap::new(),
+            bound: BTreeMap::new(),
+            created: 0,
+        }
+    }
+
+    /// Destroys every sandbox, warm or bound, and this agent's groups: at shutdown, once every
+    /// instance is gone.
+    pub fn destroy_all(&mut self) {
+        self.targets.clear();
+        self.warm.clear();
+        self.bound.clear();
+        self.cgroups.remove_all();
+    }
+
+    pub fn set_targets(&mut self, targets: Vec<PoolTarget>) {
+        self.targets = targets
+            .into_iter()
+            .map(|t| (t.limits.size.clone(), t))
+            .collect();
+    }
+
+    /// The sandbox for `worker`: the one bound to it, else a warm one, else a new one. The flag
+    /// says whether a warm worker was taken.
+    pub fn acquire(
+        &mut self,
+        worker: &WorkerId,
+        limits: &WorkerLimits,
+    ) -> std::io::Result<(Arc<Worker>, bool)> {
+        let key = (worker.clone(), limits.size.clone());
+        if let Some(w) = self.bound.get(&key) {
+            return Ok((w.clone(), false));
+        }
+        let warm = self.warm.get_mut(&limits.size).and_then(|q| {
+            let at = q.iter().position(|w| &w.limits == limits)?;
+            q.remove(at)
+        });
+        let (w, was_warm) = match warm {
+            Some(w) => (w, true),
+            None => (self.create(limits)?, false),
+        };
+        self.bound.insert(key, w.clone());
+        Ok((w, was_warm))
+    }
+
+    /// Destroys the sandboxes of bindings no instance uses any more.
+    pub fn release_unused(&mut self, in_use: &BTreeSet<Binding>) {
+        self.bound.retain(|key, _| in_use.contains(key));
+    }
+
+    /// Creates warm workers up to each size's target and destroys any above it.
+    pub fn refill(&mut self) {
+        for (size, target) in &self.targets {
+            let have = self.warm.get(size).map_or(0, VecDeque::len);
+            let want = target.warm as usize;
+            if have > want {
+                if let Some(q) = self.warm.get_mut(size) {
+                    q.truncate(want);
+                }
+                continue;
+            }
+            for _ in have..want {
+                let limits = target.limits.clone();
+                match create(&self.cgroups, &mut self.created, &limits) {
+                    Ok(w) => self.warm.entry(size.clone()).or_default().push_back(w),
+                    Err(e) => {
+                        tracing::warn!("failed to prepare a warm {size} worker: {e}");
+                        break;
+                    }
+                }
+            }
+        }
+        // Sizes no longer targeted keep no warm workers.
+        let targets = &self.targets;
+        self.warm.retain(|size, _| targets.contains_key(size));
+    }
+
+    pub fn status(&self) -> Vec<PoolStatus> {
+        let mut sizes: BTreeSet<&String> = self.targets.keys().collect();
+        sizes.extend(self.warm.keys());
+        sizes.extend(self.bound.keys().map(|(_, size)| size));
+        sizes
+            .into_iter()
+            .map(|size| PoolStatus {
+                size: size.clone(),
+                available: self.warm.get(size).map_or(0, |q| q.len() as u32),
+                in_use: self.bound.keys().filter(|(_, s)| s == size).count() as u32,
+            })
+            .collect()
+    }
+
+    fn create(&mut self, limits: &WorkerLimits) -> std::io::Result<Arc<Worker>> {
+        create(&self.cgroups, &mut self.created, limits)
+    }
+}
+
+fn create(
+    cgroups: &Cgroups,
+    created: &mut u64,
+    limits: &WorkerLimits,
+) -> std::io::Result<Arc<Worker>> {
+    *created += 1;
+    let name = format!("{}-{}", limits.size, created);
+    let group = cgroups.create_worker(
+        &name,
+        &Limits {
+            millicores: limits.millicores,
+            memory_mib: limits.memory_mib,
+        },
+    )?;
+    Ok(Arc::new(Worker {
+        name,
+        limits: limits.clone(),
+        group,
+    }))
+}
