@@ -213,6 +213,9 @@ impl Controller {
             if let Err(e) = self.sample_metrics(&mut previous) {
                 tracing::warn!("failed to sample plan metrics: {e:#}");
             }
+            if let Err(e) = self.account_quotas() {
+                tracing::warn!("failed to account the daily CPU quotas: {e:#}");
+            }
         }
     }
 

@@ -10,6 +10,7 @@
 pub mod api;
 pub mod autoscale;
 mod error;
+mod quota;
 pub mod workers;
 
 use std::path::PathBuf;
@@ -104,6 +105,8 @@ pub struct ControllerConfig {
     pub max_upload_bytes: u64,
     /// Scratch space for checking uploads (same filesystem as the data directory).
     pub tmp_dir: PathBuf,
+    /// Milliseconds of CPU in a "CPU minute" of the daily quotas: 60,000 except in tests.
+    pub cpu_minute_ms: u64,
 }
 
 #[derive(Clone)]
@@ -134,6 +137,8 @@ struct Inner {
     autoscale_memory: autoscale::RunMemory,
     /// For webhooks.
     http: reqwest::Client,
+    /// The day's CPU per app on Free and Shared plans, and who is stopped for it.
+    quota: Mutex<quota::QuotaBook>,
 }
 
 impl Controller {
@@ -163,6 +168,7 @@ impl Controller {
                 metrics: autoscale::MetricStore::default(),
                 autoscale_memory: autoscale::RunMemory::default(),
                 http: reqwest::Client::new(),
+                quota: Mutex::new(quota::QuotaBook::default()),
             }),
         }
     }
@@ -196,11 +202,18 @@ impl Controller {
                 plan.placed_on = plan.workers;
             }
         }
-        let desired = stamp_placement::desired_instances(&plans, &states);
+        let stopped = self.quota_stopped(&apps, &plans)?;
+        let mut desired = stamp_placement::desired_instances(&plans, &states);
+        // Apps out of their day's CPU quota run nothing until it resets.
+        desired.retain(|spec| !stopped.contains(&spec.key.app));
         *self.inner.desired.lock().unwrap_or_else(|p| p.into_inner()) = desired.clone();
         self.inner.apps.send_replace(
             apps.iter()
-                .map(|a| (a.name.clone(), a.site.clone()))
+                .map(|a| {
+                    let mut site = a.site.clone();
+                    site.stopped = stopped.contains(&a.name);
+                    (a.name.clone(), site)
+                })
                 .collect(),
         );
         self.inner.node.set_desired(desired);

@@ -48,11 +48,13 @@ pub enum FrontendError {
     InstanceTimeout,
     #[error("the front end failed to forward the request")]
     Internal,
+    #[error("the app is stopped: it used its daily CPU quota")]
+    AppStopped,
 }
 
 impl FrontendError {
     /// Every error, in a fixed order: [`FrontendError::index`] is the position here.
-    pub const ALL: [FrontendError; 10] = [
+    pub const ALL: [FrontendError; 11] = [
         FrontendError::MissingHost,
         FrontendError::MisdirectedRequest,
         FrontendError::NoSuchApp,
@@ -63,6 +65,7 @@ impl FrontendError {
         FrontendError::InstanceClosedConnection,
         FrontendError::InstanceTimeout,
         FrontendError::Internal,
+        FrontendError::AppStopped,
     ];
 
     /// Position in [`FrontendError::ALL`], for per-code counters in a plain array.
@@ -75,7 +78,7 @@ impl FrontendError {
             FrontendError::MissingHost => StatusCode::BAD_REQUEST,
             FrontendError::MisdirectedRequest => StatusCode::MISDIRECTED_REQUEST,
             FrontendError::NoSuchApp => StatusCode::NOT_FOUND,
-            FrontendError::AccessDenied => StatusCode::FORBIDDEN,
+            FrontendError::AccessDenied | FrontendError::AppStopped => StatusCode::FORBIDDEN,
             FrontendError::RequestTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             FrontendError::NoReadyInstance => StatusCode::SERVICE_UNAVAILABLE,
             FrontendError::InstanceUnreachable | FrontendError::InstanceClosedConnection => {
@@ -99,6 +102,7 @@ impl FrontendError {
             FrontendError::InstanceClosedConnection => "instance-closed-connection",
             FrontendError::InstanceTimeout => "instance-timeout",
             FrontendError::Internal => "internal-error",
+            FrontendError::AppStopped => "app-stopped",
         }
     }
 
@@ -112,7 +116,8 @@ impl FrontendError {
             FrontendError::NoReadyInstance
             | FrontendError::InstanceUnreachable
             | FrontendError::InstanceClosedConnection
-            | FrontendError::InstanceTimeout => Fault::Upstream,
+            | FrontendError::InstanceTimeout
+            | FrontendError::AppStopped => Fault::Upstream,
             FrontendError::Internal => Fault::Internal,
         }
     }
@@ -212,6 +217,15 @@ pub(crate) fn error_response(error: FrontendError, cx: &PageContext<'_>) -> Resp
                 "An instance of {app} did not start its response within {}. See \
                  <code>stamp logs {app}</code> for what it was doing.",
                 human(cx.request_timeout)
+            ),
+        ),
+        FrontendError::AppStopped => (
+            format!("This web app is stopped: {app} used its CPU quota for today"),
+            format!(
+                "Apps on the Free and Shared tiers may use a fixed number of CPU minutes a \
+                 day. {app} used them all, so it is stopped until the quota resets at 00:00 \
+                 UTC. If this is your app, move it to a Basic or higher plan to run without a \
+                 daily quota."
             ),
         ),
         FrontendError::Internal => (

@@ -388,6 +388,9 @@ impl Inner {
         if !site.allows(client_ip) {
             return self.app_error(FrontendError::AccessDenied, &cx, start);
         }
+        if site.stopped {
+            return self.app_error(FrontendError::AppStopped, &cx, start);
+        }
         if site.https_only && conn.tls.is_none() {
             return self.redirect_to_https(&request, &cx, start);
         }

@@ -11,6 +11,7 @@ pub mod fixtures;
 pub mod health;
 pub mod names;
 pub mod procfile;
+pub mod quota;
 pub mod reconcile;
 pub mod records;
 pub mod settings;

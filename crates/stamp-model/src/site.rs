@@ -71,6 +71,10 @@ pub struct SiteConfig {
     pub access_rules: Vec<AccessRule>,
     /// Custom hostnames (lowercase) besides `<app>.<domain>`.
     pub domains: Vec<String>,
+    /// Set by the controller while the app is stopped for its day's CPU quota: the front end
+    /// answers 403 "app stopped". Never stored.
+    #[serde(skip)]
+    pub stopped: bool,
 }
 
 impl Default for SiteConfig {
@@ -83,6 +87,7 @@ impl Default for SiteConfig {
             health_check: None,
             access_rules: Vec::new(),
             domains: Vec::new(),
+            stopped: false,
         }
     }
 }

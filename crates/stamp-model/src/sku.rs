@@ -50,6 +50,8 @@ pub struct Sku {
     pub outbound_connections: u32,
     /// Rule-based autoscale allowed.
     pub autoscale: bool,
+    /// CPU-minutes a day each app may use (Free 60, Shared 240); None: no quota.
+    pub cpu_minutes_per_day: Option<u32>,
 }
 
 #[expect(clippy::too_many_arguments, reason = "one row of the catalog table")]
@@ -74,6 +76,11 @@ const fn sku(
         outbound_connections,
         // Rule-based autoscale starts at Standard, as in Azure.
         autoscale: !matches!(tier, Tier::Free | Tier::Shared | Tier::Basic),
+        cpu_minutes_per_day: match tier {
+            Tier::Free => Some(60),
+            Tier::Shared => Some(240),
+            _ => None,
+        },
     }
 }
 

@@ -125,6 +125,15 @@ CREATE TABLE pools (
     warm        INTEGER NOT NULL CHECK (warm >= 0)
 );
 "#,
+    r#"
+-- CPU used per app and UTC day (days since 1970), for the Free and Shared daily quotas.
+CREATE TABLE cpu_used (
+    app         TEXT NOT NULL REFERENCES apps(name) ON DELETE CASCADE,
+    day         INTEGER NOT NULL,
+    cpu_ms      INTEGER NOT NULL,
+    PRIMARY KEY (app, day)
+);
+"#,
 ];
 
 pub struct Store {
@@ -497,6 +506,39 @@ impl Store {
                 ],
             )?;
             found(n, "app", name.to_string())
+        })
+    }
+
+    // ---- daily CPU quotas
+
+    /// Adds CPU time to each app's count for `day`, in one transaction, and drops counts of
+    /// days before it.
+    pub fn add_cpu_used(&self, day: u64, used_ms: &[(AppName, u64)]) -> Result<()> {
+        self.tx(|tx| {
+            tx.execute("DELETE FROM cpu_used WHERE day < ?1", [day])?;
+            for (app, ms) in used_ms {
+                tx.execute(
+                    "INSERT INTO cpu_used (app, day, cpu_ms) SELECT ?1, ?2, ?3
+                     WHERE EXISTS (SELECT 1 FROM apps WHERE name = ?1)
+                     ON CONFLICT (app, day) DO UPDATE SET cpu_ms = cpu_ms + excluded.cpu_ms",
+                    params![app.as_str(), day, ms],
+                )?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Each app's CPU count for `day`.
+    pub fn cpu_used(&self, day: u64) -> Result<BTreeMap<AppName, u64>> {
+        self.with(|c| {
+            let mut stmt = c.prepare("SELECT app, cpu_ms FROM cpu_used WHERE day = ?1")?;
+            let rows =
+                stmt.query_map([day], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u64>(1)?)))?;
+            rows.map(|row| {
+                let (app, ms) = row?;
+                Ok((AppName::parse(&app).map_err(corrupt)?, ms))
+            })
+            .collect()
         })
     }
 

@@ -17,6 +17,7 @@ mod cgroup;
 mod conns;
 mod health;
 mod leftovers;
+mod netlimit;
 mod pool;
 mod process;
 mod sampler;
@@ -103,17 +104,28 @@ impl WorkerAgent {
             .to_string_lossy()
             .into_owned();
         let agent_name = format!("agent-{:016x}", sandbox::fnv1a(dir_key.as_bytes()));
-        let cgroups = tokio::task::spawn_blocking(move || {
+        let (cgroups, netlimits) = tokio::task::spawn_blocking(move || {
             let cgroups = cgroup::Cgroups::detect(&agent_name);
             cgroups.clean_leftovers();
-            cgroups
+            // On a pure cgroup v2 host a process has one group, the one `cgroup.rs` limits;
+            // limiting connections there needs the rule on that group (not done yet).
+            let netlimits = if cgroups.describe().starts_with("cgroup v2") {
+                netlimit::NetLimits::off(
+                    "outbound connection limits are not enforced on pure cgroup v2 hosts yet",
+                )
+            } else {
+                netlimit::NetLimits::detect(&agent_name)
+            };
+            netlimits.clean_leftovers();
+            (cgroups, netlimits)
         })
         .await
         .context("detect cgroups")?;
         let sandbox = sandbox::Sandbox::detect(&dir_key);
         tracing::info!(
-            "worker limits: {}; users: {}",
+            "worker limits: {}; outbound connection limits: {}; users: {}",
             cgroups.describe(),
+            netlimits.describe(),
             sandbox.describe()
         );
         match tokio::fs::remove_dir_all(&instances).await {
@@ -164,8 +176,9 @@ impl WorkerAgent {
                 clock: config.clock,
                 sandbox,
                 groups,
+                netlimits: netlimits.clone(),
             }),
-            pools: pool::Pools::new(cgroups),
+            pools: pool::Pools::new(cgroups, netlimits),
             pools_tx,
             desired: Vec::new(),
             instances: BTreeMap::new(),

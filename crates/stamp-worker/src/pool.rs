@@ -18,6 +18,7 @@ use std::sync::Arc;
 use stamp_model::{PoolStatus, PoolTarget, WorkerId, WorkerLimits};
 
 use crate::cgroup::{Cgroups, Limits, WorkerGroup};
+use crate::netlimit::NetLimits;
 
 /// One sandbox of a size.
 pub(crate) struct Worker {
@@ -39,6 +40,8 @@ pub(crate) type Binding = (WorkerId, String);
 
 pub(crate) struct Pools {
     cgroups: Cgroups,
+    /// Torn down with the groups at shutdown.
+    netlimits: NetLimits,
     targets: BTreeMap<String, PoolTarget>,
     warm: BTreeMap<String, VecDeque<Arc<Worker>>>,
     bound: BTreeMap<Binding, Arc<Worker>>,
@@ -46,9 +49,10 @@ pub(crate) struct Pools {
 }
 
 impl Pools {
-    pub fn new(cgroups: Cgroups) -> Pools {
+    pub fn new(cgroups: Cgroups, netlimits: NetLimits) -> Pools {
         Pools {
             cgroups,
+            netlimits,
             targets: BTreeMap::new(),
             warm: BTreeMap::new(),
             bound: BTreeMap::new(),
@@ -63,6 +67,7 @@ impl Pools {
         self.warm.clear();
         self.bound.clear();
         self.cgroups.remove_all();
+        self.netlimits.remove_all();
     }
 
     pub fn set_targets(&mut self, targets: Vec<PoolTarget>) {

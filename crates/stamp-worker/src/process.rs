@@ -22,6 +22,7 @@ use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 
 use crate::cgroup::InstanceGroup;
+use crate::netlimit::InstanceNetLimit;
 use crate::sandbox::AppUser;
 
 /// Longer output lines are split: one runaway line must not hold the agent's memory.
@@ -83,6 +84,8 @@ pub(crate) struct Jail {
     pub group: InstanceGroup,
     /// None: the agent's own user (the agent is not root).
     pub user: Option<AppUser>,
+    /// The instance's outbound connection limit (a no-op where not enforced).
+    pub net: InstanceNetLimit,
 }
 
 /// Makes the instance's directories, unpacks the artifact into `app/`, and hands the whole
@@ -209,7 +212,9 @@ impl Process {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0);
-        confine(&mut command, jail.group.join_files(), jail.user);
+        let mut join = jail.group.join_files();
+        join.extend(jail.net.join_file());
+        confine(&mut command, join, jail.user);
         let mut child = command.spawn().map_err(|source| StartError::Spawn {
             command: spec.command.clone(),
             source,

@@ -38,6 +38,8 @@ pub(crate) struct Context {
     pub sandbox: crate::sandbox::Sandbox,
     /// Where the sampler finds each instance's control group.
     pub groups: crate::Groups,
+    /// Enforces each instance's outbound connection limit, where the host allows.
+    pub netlimits: crate::netlimit::NetLimits,
 }
 
 /// What the agent wants of a supervised instance.
@@ -127,6 +129,7 @@ impl Supervisor {
             let _ = tokio::task::spawn_blocking(move || {
                 jail.group.kill_all();
                 jail.group.remove();
+                jail.net.remove();
             })
             .await;
         }
@@ -238,6 +241,8 @@ impl Supervisor {
                 let user = self.context.sandbox.user(&self.observed.spec.key.app);
                 let worker = self.worker.clone();
                 let id = self.observed.id.0.clone();
+                let netlimits = self.context.netlimits.clone();
+                let outbound = self.observed.spec.limits.outbound_connections;
                 let jail = tokio::task::spawn_blocking(move || {
                     crate::process::prepare(&paths, &artifacts, &digest, user)?;
                     let group =
@@ -249,7 +254,14 @@ impl Supervisor {
                                 path: paths.root.clone(),
                                 source,
                             })?;
-                    Ok::<_, StartError>(Jail { group, user })
+                    let net = netlimits
+                        .add(&id, outbound)
+                        .map_err(|source| StartError::Io {
+                            what: "limit the outbound connections of",
+                            path: paths.root.clone(),
+                            source,
+                        })?;
+                    Ok::<_, StartError>(Jail { group, user, net })
                 })
                 .await
                 .map_err(|e| StartError::Internal(e.to_string()))??;

@@ -58,6 +58,10 @@ pub struct UpArgs {
     /// Largest deploy upload accepted, in MiB.
     #[arg(long, default_value_t = 512)]
     max_upload_mib: u64,
+    /// How many milliseconds of CPU count as one "CPU minute" of the Free and Shared daily
+    /// quotas. For tests only: lets a quota run out in seconds.
+    #[arg(long, default_value_t = 60_000, hide = true)]
+    cpu_minute_ms: u64,
 }
 
 /// Files `stamp up` keeps in the data directory.
@@ -373,6 +377,7 @@ pub async fn run(global: &Global, args: UpArgs) -> anyhow::Result<()> {
             capacity,
             max_upload_bytes: args.max_upload_mib * 1024 * 1024,
             tmp_dir: data.join("tmp"),
+            cpu_minute_ms: args.cpu_minute_ms.max(1),
         },
         store,
         blobs,

@@ -377,7 +377,7 @@ async fn outbound_connections_are_counted_with_a_warning_at_80_percent() {
         let mut held = Vec::new();
         while let Ok((s, _)) = listener.accept().await {
             held.push(s);
-            if held.len() >= 600 {
+            if held.len() >= 1000 {
                 break;
             }
         }
@@ -424,6 +424,96 @@ async fn outbound_connections_are_counted_with_a_warning_at_80_percent() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     assert!(line.ends_with(" 500"), "{line}");
+
+    // Enforcement, where nftables can do it: connection 601 is refused.
+    let enforced = is_root()
+        && ["/usr/sbin/nft", "/sbin/nft"]
+            .iter()
+            .any(|p| Path::new(p).exists());
+    if enforced {
+        let (status, body) = stamp
+            .get_path("net", &format!("/connect?port={port}&n=150"))
+            .await;
+        assert_eq!(status, 502, "{body}");
+        assert!(body.contains("holding 600 connections"), "{body}");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let logs = stamp.ok(&["logs", "net", "-n", "100"]).await;
+            if logs.contains("its limit of 600") && logs.contains("has 600 open") {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no event at the limit: {logs}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    } else {
+        eprintln!("nft missing or not root: the limit is counted, not enforced; skipping");
+    }
     stamp.stop().await;
     held.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_free_app_is_stopped_once_its_daily_cpu_quota_is_used() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    // A "CPU minute" of 10 ms: the Free tier's 60 minutes are 0.6 s of CPU.
+    let stamp = Stamp::start(&data, &["--cpu-minute-ms", "10"]).await;
+    stamp.ok(&["plan", "create", "free", "--sku", "F1"]).await;
+    stamp.ok(&["app", "create", "busy", "--plan", "free"]).await;
+    stamp
+        .ok(&["deploy", hello_dir().to_str().unwrap(), "--app", "busy"])
+        .await;
+    let (status, _) = stamp.get_path("busy", "/").await;
+    assert_eq!(status, 200);
+    // Burn CPU (a quarter core at most on a Free worker) until the quota runs out.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let body = loop {
+        let host = "busy.localhost";
+        let r = reqwest::Client::builder()
+            .resolve(host, stamp.http)
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap()
+            .get(format!("http://{host}:{}/burn?ms=1500", stamp.http.port()))
+            .send()
+            .await
+            .expect("request");
+        if r.status() == 403 {
+            assert_eq!(
+                r.headers()["x-stamp-error"],
+                "app-stopped",
+                "the front end's own 403"
+            );
+            break r.text().await.unwrap();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the app was never stopped"
+        );
+    };
+    assert!(body.contains("CPU quota for today"), "{body}");
+    let logs = stamp.ok(&["logs", "busy", "-n", "100"]).await;
+    assert!(logs.contains("of its 60 CPU minutes for today"), "{logs}");
+    stamp
+        .wait_instances("busy", "the stopped app's instance gone", |l| l.is_empty())
+        .await;
+    // It stays stopped across a restart of the stamp (the day's count is stored).
+    stamp.stop().await;
+    let stamp = Stamp::start(&data, &["--cpu-minute-ms", "10"]).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, _) = stamp.get_path("busy", "/").await;
+        if status == 403 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not stopped again after a restart: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    stamp.stop().await;
 }

@@ -1,0 +1,146 @@
+//! The Free and Shared tiers' daily CPU quotas, kept by the controller: every second it books the
+//! CPU each quota-bound app's instances used (from the node's usage samples) into the pure
+//! [`CpuQuota`], writes the counts to the store every [`FLUSH_EVERY`] seconds (so a restart
+//! resumes the day, losing at most that much), and, when an app runs out or a new UTC day
+//! begins, logs the event and publishes: a stopped app's instances stop and the front end
+//! answers 403 `app-stopped` for it.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use stamp_model::quota::{CpuQuota, QuotaEvent, day_of};
+use stamp_model::{App, AppName, Plan, Sku};
+
+use crate::Controller;
+
+/// Seconds between writes of the CPU counts to the store.
+const FLUSH_EVERY: u32 = 10;
+
+#[derive(Default)]
+pub(crate) struct QuotaBook {
+    /// None until the first tick has read the day's counts back from the store.
+    quota: Option<CpuQuota>,
+    /// CPU booked since the last write, and the day it belongs to.
+    pending: BTreeMap<AppName, u64>,
+    pending_day: u64,
+    ticks: u32,
+}
+
+/// Each quota-bound app's daily quota, in ms of CPU.
+fn quotas_of(apps: &[App], plans: &[Plan], minute_ms: u64) -> BTreeMap<AppName, u64> {
+    apps.iter()
+        .filter_map(|a| {
+            let plan = plans.iter().find(|p| p.name == a.plan)?;
+            let minutes = Sku::find(&plan.sku).ok()?.cpu_minutes_per_day?;
+            Some((a.name.clone(), u64::from(minutes) * minute_ms))
+        })
+        .collect()
+}
+
+impl Controller {
+    /// Apps stopped for their day's CPU quota now. The first call (the startup sync) reads the
+    /// day's counts back from the store, so an app stopped before a restart stays stopped.
+    pub(crate) fn quota_stopped(
+        &self,
+        apps: &[App],
+        plans: &[Plan],
+    ) -> anyhow::Result<BTreeSet<AppName>> {
+        let mut book = self.inner.quota.lock().unwrap_or_else(|p| p.into_inner());
+        if book.quota.is_none() {
+            let now = self.inner.clock.now();
+            let quotas = quotas_of(apps, plans, self.inner.config.cpu_minute_ms);
+            let today = self.inner.store.cpu_used(day_of(now))?;
+            book.quota = Some(CpuQuota::resume(now, today, &quotas));
+            book.pending_day = day_of(now);
+        }
+        Ok(book
+            .quota
+            .as_ref()
+            .map(|q| q.stopped().clone())
+            .unwrap_or_default())
+    }
+
+    /// One second of quota accounting (called by the metrics loop).
+    pub(crate) fn account_quotas(&self) -> anyhow::Result<()> {
+        let now = self.inner.clock.now();
+        let store = &self.inner.store;
+        let plans = store.plans()?;
+        let apps = store.apps()?;
+        let minute = self.inner.config.cpu_minute_ms;
+        let quotas = quotas_of(&apps, &plans, minute);
+        // Read back the day's counts first (normally done by the startup sync).
+        self.quota_stopped(&apps, &plans)?;
+        // The node samples once a second; each sample's cores are the CPU of that second.
+        let mut used: BTreeMap<AppName, f64> = BTreeMap::new();
+        for u in self.inner.node.usage() {
+            if quotas.contains_key(&u.app) {
+                *used.entry(u.app).or_default() += u.cpu_cores * 1000.0;
+            }
+        }
+        let booked: Vec<(AppName, u64, u64)> = used
+            .into_iter()
+            .map(|(app, ms)| {
+                let quota = quotas[&app];
+                (app, ms.round() as u64, quota)
+            })
+            .collect();
+
+        let (events, flush) = {
+            let mut book = self.inner.quota.lock().unwrap_or_else(|p| p.into_inner());
+            let mut flush = Vec::new();
+            if day_of(now) != book.pending_day && !book.pending.is_empty() {
+                flush.push((book.pending_day, std::mem::take(&mut book.pending)));
+            }
+            book.pending_day = day_of(now);
+            let events = match book.quota.as_mut() {
+                Some(q) => q.book(now, &booked),
+                None => Vec::new(),
+            };
+            for (app, ms, _) in &booked {
+                *book.pending.entry(app.clone()).or_default() += ms;
+            }
+            book.ticks += 1;
+            if !events.is_empty() || book.ticks >= FLUSH_EVERY {
+                book.ticks = 0;
+                let day = book.pending_day;
+                flush.push((day, std::mem::take(&mut book.pending)));
+            }
+            (events, flush)
+        };
+        for (day, counts) in flush {
+            let counts: Vec<(AppName, u64)> = counts.into_iter().collect();
+            if !counts.is_empty() {
+                store.add_cpu_used(day, &counts)?;
+            }
+        }
+        if events.is_empty() {
+            return Ok(());
+        }
+        for event in &events {
+            match event {
+                QuotaEvent::Stopped {
+                    app,
+                    used_ms,
+                    quota_ms,
+                    ..
+                } => self.inner.logs.event(
+                    app,
+                    &format!(
+                        "quota: {app} used {:.1} of its {} CPU minutes for today; stopped until the quota resets at 00:00 UTC (requests get 403)",
+                        *used_ms as f64 / minute as f64,
+                        quota_ms / minute
+                    ),
+                ),
+                QuotaEvent::Reset { restarted, .. } => {
+                    for app in restarted {
+                        self.inner.logs.event(
+                            app,
+                            &format!("quota: a new day's CPU quota; {app} starts again"),
+                        );
+                    }
+                }
+            }
+        }
+        self.sync_after_commit();
+        Ok(())
+    }
+}
