@@ -17,6 +17,7 @@ mod cgroup;
 mod conns;
 mod health;
 mod leftovers;
+mod liveness;
 mod netlimit;
 mod pool;
 mod process;
@@ -104,7 +105,21 @@ impl WorkerAgent {
             .to_string_lossy()
             .into_owned();
         let agent_name = format!("agent-{:016x}", sandbox::fnv1a(dir_key.as_bytes()));
-        let (cgroups, netlimits) = tokio::task::spawn_blocking(move || {
+        let (cgroups, netlimits, lock) = tokio::task::spawn_blocking(move || {
+            // Before any group exists, so no other agent takes this one for dead.
+            let lock = liveness::claim(&agent_name);
+            if lock.is_some() {
+                for (dead, dead_lock) in liveness::dead_agents(&agent_name) {
+                    tracing::info!("removing the groups and rules of dead agent {dead}");
+                    let groups = cgroup::Cgroups::detect(&dead);
+                    groups.clean_leftovers();
+                    groups.remove_all();
+                    let rules = netlimit::NetLimits::detect(&dead);
+                    rules.clean_leftovers();
+                    rules.remove_all();
+                    liveness::bury(&dead, dead_lock);
+                }
+            }
             let cgroups = cgroup::Cgroups::detect(&agent_name);
             cgroups.clean_leftovers();
             // On a pure cgroup v2 host a process has one group, the one `cgroup.rs` limits;
@@ -117,7 +132,7 @@ impl WorkerAgent {
                 netlimit::NetLimits::detect(&agent_name)
             };
             netlimits.clean_leftovers();
-            (cgroups, netlimits)
+            (cgroups, netlimits, lock)
         })
         .await
         .context("detect cgroups")?;
@@ -179,6 +194,7 @@ impl WorkerAgent {
                 netlimits: netlimits.clone(),
             }),
             pools: pool::Pools::new(cgroups, netlimits),
+            _lock: lock,
             pools_tx,
             desired: Vec::new(),
             instances: BTreeMap::new(),
@@ -251,6 +267,8 @@ struct Entry {
 /// Owns the agent loop: the desired set, the observed instances and their supervisor tasks.
 struct AgentTask {
     context: Arc<supervisor::Context>,
+    /// Marks this agent alive for the others (see [`liveness`]) until the task ends.
+    _lock: Option<liveness::AgentLock>,
     /// Warm workers and the sandboxes bound to plan workers.
     pools: pool::Pools,
     pools_tx: watch::Sender<Vec<PoolStatus>>,
