@@ -307,7 +307,7 @@ def main():
     print("columns: API call = until the scale call returned; -> starting = until the agent's '<id> starting'")
     print("event (controller, publish, agent, worker taken or created); starting -> spawned = until the")
     print("instance's started_at (unpack the app's artifact, create its control group, spawn);")
-    print("spawned -> ready = the app's start and the agent's readiness probe (a connect every 25 ms);")
+    print("spawned -> ready = the app's start and the agent's readiness probe (a connect at once, then after 1 ms doubling to 25 ms);")
     print("ready -> served = route update and the bench's polling (a fresh connection per request,")
     print(f"{POLL_S * 1000:.0f} ms pause between requests). Stamp's timestamps have 1 ms resolution.")
     if any(r["total"] is None for rs in cases.values() for r in rs):

@@ -34,6 +34,12 @@ impl Drop for Worker {
     }
 }
 
+/// How many Free/Shared plans' workers one shared worker hosts: Azure runs Free and Shared apps
+/// of many customers on shared VMs. A shared worker has this many times the `shared` size's CPU
+/// and memory, so together its plans get what the node reserves for them (a quarter core and
+/// 1 GiB each); each app's use is further bounded by its daily CPU quota.
+pub(crate) const PLANS_PER_SHARED_WORKER: u32 = 4;
+
 /// Which plan worker a sandbox serves: the plan's worker and its size (a plan changing SKU
 /// moves to sandboxes of the new size while the old ones drain).
 pub(crate) type Binding = (WorkerId, String);
@@ -88,6 +94,27 @@ impl Pools {
         if let Some(w) = self.bound.get(&key) {
             return Ok((w.clone(), false));
         }
+        if limits.size == SHARED {
+            // Join a shared worker that hosts fewer plans than it may.
+            let mut hosted: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+            for ((id, size), w) in &self.bound {
+                if size == SHARED {
+                    hosted.entry(&w.name).or_default().insert(id.plan.as_str());
+                }
+            }
+            let room = self.bound.iter().find(|((_, size), w)| {
+                size == SHARED
+                    && w.limits == shared_limits(limits)
+                    && (hosted[w.name.as_str()].contains(worker.plan.as_str())
+                        || hosted[w.name.as_str()].len() < PLANS_PER_SHARED_WORKER as usize)
+            });
+            if let Some((_, w)) = room {
+                let w = w.clone();
+                self.bound.insert(key, w.clone());
+                return Ok((w, false));
+            }
+        }
+        let limits = &shared_limits(limits);
         let warm = self.warm.get_mut(&limits.size).and_then(|q| {
             let at = q.iter().position(|w| &w.limits == limits)?;
             q.remove(at)
@@ -117,7 +144,7 @@ impl Pools {
                 continue;
             }
             for _ in have..want {
-                let limits = target.limits.clone();
+                let limits = shared_limits(&target.limits);
                 match create(&self.cgroups, &mut self.created, &limits) {
                     Ok(w) => self.warm.entry(size.clone()).or_default().push_back(w),
                     Err(e) => {
@@ -141,13 +168,34 @@ impl Pools {
             .map(|size| PoolStatus {
                 size: size.clone(),
                 available: self.warm.get(size).map_or(0, |q| q.len() as u32),
-                in_use: self.bound.keys().filter(|(_, s)| s == size).count() as u32,
+                in_use: self
+                    .bound
+                    .iter()
+                    .filter(|((_, s), _)| s == size)
+                    .map(|(_, w)| w.name.as_str())
+                    .collect::<BTreeSet<_>>()
+                    .len() as u32,
             })
             .collect()
     }
 
     fn create(&mut self, limits: &WorkerLimits) -> std::io::Result<Arc<Worker>> {
         create(&self.cgroups, &mut self.created, limits)
+    }
+}
+
+const SHARED: &str = "shared";
+
+/// The limits of the sandbox that hosts workers of `limits`: the same, except for the shared
+/// size, whose sandboxes host [`PLANS_PER_SHARED_WORKER`] plans.
+fn shared_limits(limits: &WorkerLimits) -> WorkerLimits {
+    if limits.size != SHARED {
+        return limits.clone();
+    }
+    WorkerLimits {
+        millicores: limits.millicores * PLANS_PER_SHARED_WORKER,
+        memory_mib: limits.memory_mib * PLANS_PER_SHARED_WORKER,
+        ..limits.clone()
     }
 }
 
@@ -170,4 +218,69 @@ fn create(
         limits: limits.clone(),
         group,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use stamp_model::{PlanName, Sku};
+
+    use super::*;
+
+    fn worker(plan: &str) -> WorkerId {
+        WorkerId {
+            plan: PlanName::parse(plan).unwrap(),
+            index: 0,
+        }
+    }
+
+    #[test]
+    fn free_plans_share_workers_and_dedicated_ones_do_not() {
+        let mut pools = Pools::new(Cgroups::disabled("test"), NetLimits::off("test"));
+        let f1 = WorkerLimits::of(&Sku::find("F1").unwrap());
+        let b1 = WorkerLimits::of(&Sku::find("B1").unwrap());
+        pools.set_targets(vec![PoolTarget {
+            limits: f1.clone(),
+            warm: 1,
+        }]);
+        pools.refill();
+        let names: Vec<(String, bool)> = (0..6)
+            .map(|i| {
+                let (w, warm) = pools.acquire(&worker(&format!("free{i}")), &f1).unwrap();
+                assert_eq!(w.limits.millicores, 250 * PLANS_PER_SHARED_WORKER);
+                (w.name.clone(), warm)
+            })
+            .collect();
+        // The first plan takes the warm shared worker; three more join it; the fifth needs
+        // another.
+        assert!(names[0].1);
+        assert!(names[1..4].iter().all(|(n, _)| *n == names[0].0));
+        assert_ne!(names[4].0, names[0].0);
+        assert_eq!(names[5].0, names[4].0);
+        let (a, _) = pools.acquire(&worker("basic"), &b1).unwrap();
+        let (b, _) = pools
+            .acquire(
+                &WorkerId {
+                    index: 1,
+                    ..worker("basic")
+                },
+                &b1,
+            )
+            .unwrap();
+        assert_ne!(a.name, b.name);
+        let shared = pools
+            .status()
+            .into_iter()
+            .find(|s| s.size == "shared")
+            .unwrap();
+        assert_eq!(shared.in_use, 2, "two shared workers for six plans");
+        // Releasing every binding of the first shared worker but one keeps it.
+        let keep: BTreeSet<Binding> = [(worker("free3"), "shared".to_string())].into();
+        pools.release_unused(&keep);
+        let shared = pools
+            .status()
+            .into_iter()
+            .find(|s| s.size == "shared")
+            .unwrap();
+        assert_eq!(shared.in_use, 1);
+    }
 }

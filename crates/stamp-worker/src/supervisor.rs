@@ -353,7 +353,8 @@ impl Supervisor {
     /// the last crash, the reason says it was the worker's memory limit.
     fn crashed(&mut self, exit: String, started: Instant) -> Attempt {
         let ooms = self.jail.as_ref().map_or(0, |j| j.group.oom_kills());
-        let limits = &self.observed.spec.limits;
+        // The sandbox's own limits: a shared worker's are those of all the plans it hosts.
+        let limits = &self.worker.limits;
         let oom = ooms > self.ooms_seen;
         self.ooms_seen = ooms;
         let reason = if oom {

@@ -468,6 +468,25 @@ async fn a_free_app_is_stopped_once_its_daily_cpu_quota_is_used() {
         .await;
     let (status, _) = stamp.get_path("busy", "/").await;
     assert_eq!(status, 200);
+    // A second Free plan's worker shares the first one's shared worker.
+    stamp.ok(&["plan", "create", "free2", "--sku", "F1"]).await;
+    stamp
+        .ok(&["app", "create", "idle", "--plan", "free2"])
+        .await;
+    stamp
+        .ok(&["deploy", hello_dir().to_str().unwrap(), "--app", "idle"])
+        .await;
+    let pools = stamp.json(&["pool", "list"]).await;
+    let shared = pools
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["size"] == "shared")
+        .unwrap();
+    assert_eq!(
+        shared["in_use"], 1,
+        "two Free plans, one shared worker: {pools:#}"
+    );
     // Burn CPU (a quarter core at most on a Free worker) until the quota runs out.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let body = loop {
