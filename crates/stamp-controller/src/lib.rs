@@ -197,7 +197,10 @@ impl Controller {
         for plan in &mut plans {
             let placement = stamp_placement::next_placement(plan, &states);
             if placement != plan.placement || plan.placed_on != plan.workers {
-                store.set_placement(&plan.name, &placement, plan.workers)?;
+                // Publishing must not wait on a full disk: the next sync stores it again.
+                if let Err(e) = store.set_placement(&plan.name, &placement, plan.workers) {
+                    tracing::error!("failed to store the placement of plan {}: {e}", plan.name);
+                }
                 plan.placement = placement;
                 plan.placed_on = plan.workers;
             }

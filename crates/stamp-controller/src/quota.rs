@@ -52,10 +52,23 @@ impl Controller {
             book.quota = Some(CpuQuota::resume(now, today, &quotas));
             book.pending_day = day_of(now);
         }
+        // Against today's quotas: an app moved to a bigger tier (or to one without a quota)
+        // runs again at once, and a deleted app's name is nobody's.
+        let quotas = quotas_of(apps, plans, self.inner.config.cpu_minute_ms);
         Ok(book
             .quota
             .as_ref()
-            .map(|q| q.stopped().clone())
+            .map(|q| {
+                q.stopped()
+                    .iter()
+                    .filter(|app| {
+                        quotas
+                            .get(*app)
+                            .is_some_and(|quota| q.used_ms(app) >= *quota)
+                    })
+                    .cloned()
+                    .collect()
+            })
             .unwrap_or_default())
     }
 

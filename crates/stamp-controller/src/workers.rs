@@ -120,6 +120,11 @@ pub(crate) async fn update_formation(
     let mut changes = Vec::new();
     for (kind, &count) in &req.counts {
         let kind = ProcessType::parse(kind)?;
+        if kind.as_str() == "release" {
+            return Err(ApiError::invalid(
+                "`release` is the release-phase command, run once per release, not a process type to scale",
+            ));
+        }
         if procfile.command(&kind).is_none() {
             let types: Vec<&str> = procfile.processes.keys().map(|t| t.as_str()).collect();
             return Err(ApiError::invalid(format!(

@@ -107,7 +107,7 @@ impl WorkerAgent {
         let agent_name = format!("agent-{:016x}", sandbox::fnv1a(dir_key.as_bytes()));
         let (cgroups, netlimits, lock) = tokio::task::spawn_blocking(move || {
             // Before any group exists, so no other agent takes this one for dead.
-            let lock = liveness::claim(&agent_name);
+            let lock = liveness::claim_patiently(&agent_name, Duration::from_secs(10))?;
             if lock.is_some() {
                 for (dead, dead_lock) in liveness::dead_agents(&agent_name) {
                     tracing::info!("removing the groups and rules of dead agent {dead}");
@@ -117,7 +117,7 @@ impl WorkerAgent {
                     let rules = netlimit::NetLimits::detect(&dead);
                     rules.clean_leftovers();
                     rules.remove_all();
-                    liveness::bury(&dead, dead_lock);
+                    liveness::bury(dead_lock);
                 }
             }
             let cgroups = cgroup::Cgroups::detect(&agent_name);
@@ -132,11 +132,12 @@ impl WorkerAgent {
                 netlimit::NetLimits::detect(&agent_name)
             };
             netlimits.clean_leftovers();
-            (cgroups, netlimits, lock)
+            Ok::<_, std::io::Error>((cgroups, netlimits, lock))
         })
         .await
-        .context("detect cgroups")?;
-        let sandbox = sandbox::Sandbox::detect(&dir_key);
+        .context("detect cgroups")?
+        .context("mark this agent alive")?;
+        let sandbox = sandbox::Sandbox::detect(std::path::Path::new(&dir_key));
         tracing::info!(
             "worker limits: {}; outbound connection limits: {}; users: {}",
             cgroups.describe(),

@@ -69,10 +69,45 @@ pub(crate) fn dead_agents(me: &str) -> Vec<(String, AgentLock)> {
         .collect()
 }
 
-/// Forgets a dead agent's lock file once its leftovers are gone.
-pub(crate) fn bury(agent: &str, lock: AgentLock) {
-    let _ = std::fs::remove_file(lock_path(agent));
+/// Releases a dead agent's lock once its leftovers are gone. The file stays: unlinking it
+/// would let an agent that opened it just before lock a file nobody else can see, and then be
+/// taken for dead itself.
+pub(crate) fn bury(lock: AgentLock) {
     drop(lock);
+}
+
+/// Takes `agent`'s lock, waiting (up to `patience`) while another agent holds it, e.g. one
+/// removing what a dead agent of this name left. Err when `/run` is writable but the lock stays
+/// taken: running without it would let later agents take this one for dead. Ok(None) when the
+/// host has no writable `/run`.
+pub(crate) fn claim_patiently(
+    agent: &str,
+    patience: std::time::Duration,
+) -> std::io::Result<Option<AgentLock>> {
+    if std::fs::create_dir_all(LOCKS).is_err() {
+        return Ok(None);
+    }
+    let deadline = std::time::Instant::now() + patience;
+    loop {
+        if let Some(lock) = claim(agent) {
+            return Ok(Some(lock));
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(std::io::Error::other(format!(
+                "another process holds {}: is another stamp running on the same data directory?",
+                lock_path(agent).display()
+            )));
+        }
+        pause(std::time::Duration::from_millis(50));
+    }
+}
+
+#[expect(
+    clippy::disallowed_methods,
+    reason = "a short wait on a blocking thread at agent start"
+)]
+fn pause(d: std::time::Duration) {
+    std::thread::sleep(d);
 }
 
 #[cfg(test)]
@@ -90,7 +125,6 @@ mod tests {
         assert!(claim(&name).is_none(), "a second claim while held");
         drop(held);
         let again = claim(&name).expect("claim after release");
-        bury(&name, again);
-        assert!(!lock_path(&name).exists());
+        bury(again);
     }
 }

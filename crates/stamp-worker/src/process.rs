@@ -122,7 +122,12 @@ pub(crate) fn prepare(
         source,
     })?;
     if let Some(user) = user {
-        crate::sandbox::hand_over(&paths.root, user).map_err(io("hand over", &paths.root))?;
+        // The instance directory itself stays root's (0711): the app cannot replace the
+        // `pgid` file the agent writes there, only what it owns below.
+        crate::sandbox::passage(&paths.root).map_err(io("set the permissions of", &paths.root))?;
+        for dir in [&paths.app, &paths.home, &paths.tmp] {
+            crate::sandbox::hand_over(dir, user).map_err(io("hand over", dir))?;
+        }
     }
     Ok(())
 }

@@ -38,6 +38,8 @@ pub(crate) struct AppUser {
 pub(crate) struct Sandbox {
     /// None when the agent is not root.
     users: Option<Mutex<Users>>,
+    /// Why apps run as Stamp's user, when they do.
+    off: Option<String>,
     salt: String,
 }
 
@@ -48,21 +50,26 @@ struct Users {
 }
 
 impl Sandbox {
-    /// Per-app users when the agent runs as root; `salt` (the agent's directory) keeps two
-    /// stamps' users apart.
-    pub fn detect(salt: &str) -> Sandbox {
-        let root = nix::unistd::geteuid().is_root();
+    /// Per-app users when the agent runs as root and the apps' users can reach `dir` (the
+    /// agent's directory, also the salt that keeps two stamps' users apart).
+    pub fn detect(dir: &Path) -> Sandbox {
+        let salt = dir.to_string_lossy().into_owned();
+        let off = if !nix::unistd::geteuid().is_root() {
+            Some("Stamp does not run as root, so every instance runs as Stamp's own user".into())
+        } else {
+            unreachable(dir)
+        };
         Sandbox {
-            users: root.then(|| Mutex::new(Users::default())),
-            salt: salt.to_string(),
+            users: off.is_none().then(|| Mutex::new(Users::default())),
+            off,
+            salt,
         }
     }
 
     pub fn describe(&self) -> String {
-        if self.users.is_some() {
-            "on: each app runs as its own user (uid/gid from 1048576), its instance directories 0700".into()
-        } else {
-            "off: Stamp does not run as root, so every instance runs as Stamp's own user".into()
+        match &self.off {
+            None => "on: each app runs as its own user (uid/gid from 1048576), its instance directories 0700".into(),
+            Some(why) => format!("off: {why}"),
         }
     }
 
@@ -100,21 +107,43 @@ pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
     })
 }
 
-/// Gives `root` and everything under it to `user` (symlinks themselves, not their targets),
-/// and makes `root` private to it (0700). Blocking.
-pub(crate) fn hand_over(root: &Path, user: AppUser) -> io::Result<()> {
+/// Gives `dir` and everything under it to `user` (symlinks themselves, not their targets),
+/// and makes `dir` private to it (0700). Blocking.
+///
+/// Bottom-up: a directory is given away only after everything in it, so while the walk runs
+/// every directory on its paths still belongs to root and no process of the app (another
+/// instance of it may be running) can swap a part of a path for a symlink.
+pub(crate) fn hand_over(dir: &Path, user: AppUser) -> io::Result<()> {
     fn walk(path: &Path, user: AppUser) -> io::Result<()> {
-        std::os::unix::fs::lchown(path, Some(user.uid), Some(user.gid))?;
-        let meta = std::fs::symlink_metadata(path)?;
-        if meta.is_dir() {
+        if std::fs::symlink_metadata(path)?.is_dir() {
             for entry in std::fs::read_dir(path)? {
                 walk(&entry?.path(), user)?;
             }
         }
-        Ok(())
+        std::os::unix::fs::lchown(path, Some(user.uid), Some(user.gid))
     }
-    walk(root, user)?;
-    std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o700))
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    walk(dir, user)
+}
+
+/// Why the apps' users could not reach their instance directories under `dir`: the first
+/// ancestor others may not enter (e.g. `/root`, 0700, when the data directory is the default
+/// `~/.stamp` of root). None when every ancestor is enterable.
+pub(crate) fn unreachable(dir: &Path) -> Option<String> {
+    let dir = std::fs::canonicalize(dir).ok()?;
+    let mut ancestors: Vec<&Path> = dir.ancestors().skip(1).collect();
+    ancestors.reverse();
+    for a in ancestors {
+        let mode = std::fs::metadata(a).ok()?.permissions().mode();
+        if mode & 0o001 == 0 {
+            return Some(format!(
+                "{} (mode {:o}) is not enterable by other users, so apps' own users could not reach their directories; start Stamp with a data directory outside it (e.g. --data-dir /var/lib/stamp) to run each app as its own user",
+                a.display(),
+                mode & 0o7777
+            ));
+        }
+    }
+    None
 }
 
 /// Makes a directory enterable but not listable by others (0711): the agent's directories on
@@ -131,6 +160,7 @@ mod tests {
     fn apps_get_stable_distinct_users() {
         let users = Sandbox {
             users: Some(Mutex::new(Users::default())),
+            off: None,
             salt: "/data/worker".into(),
         };
         let a = AppName::parse("alpha").unwrap();
@@ -143,16 +173,19 @@ mod tests {
         assert_eq!(ua.uid, ua.gid);
         let other = Sandbox {
             users: Some(Mutex::new(Users::default())),
+            off: None,
             salt: "/data/worker".into(),
         };
         assert_eq!(other.user(&a), Some(ua), "same agent directory, same user");
         let elsewhere = Sandbox {
             users: Some(Mutex::new(Users::default())),
+            off: None,
             salt: "/other/worker".into(),
         };
         assert_ne!(elsewhere.user(&a), Some(ua));
         let off = Sandbox {
             users: None,
+            off: Some("not root".into()),
             salt: String::new(),
         };
         assert_eq!(off.user(&a), None);

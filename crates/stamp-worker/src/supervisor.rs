@@ -100,6 +100,11 @@ impl Supervisor {
             let Attempt::Crashed { reason, ran_for } = self.attempt().await else {
                 break;
             };
+            // Whatever escaped the process group (a daemonised child) must not hold the port
+            // or the memory into the next attempt.
+            if let Some(jail) = self.jail.clone() {
+                let _ = tokio::task::spawn_blocking(move || jail.group.kill_all()).await;
+            }
             consecutive = backoff::next_consecutive(consecutive, ran_for);
             let delay = backoff::restart_delay(consecutive);
             self.observed.pid = None;

@@ -46,7 +46,8 @@ pub fn parse_cap(s: &str) -> wire::WorkerCap {
 
 /// One `TYPE=N`, `TYPE+N` or `TYPE-N`: the type, and the new count given the current one.
 fn parse_count(arg: &str, current: &BTreeMap<String, u32>) -> anyhow::Result<(String, i64)> {
-    let Some(at) = arg.find(['=', '+', '-']) else {
+    // Types may contain `-`: `=` first, else the last `+` or `-`.
+    let Some(at) = arg.find('=').or_else(|| arg.rfind(['+', '-'])) else {
         bail!("{arg:?}: write TYPE=N, TYPE+N or TYPE-N, e.g. web=2");
     };
     let (kind, rest) = arg.split_at(at);
@@ -174,6 +175,10 @@ mod tests {
         assert_eq!(parse_count("worker+2", &now).unwrap(), ("worker".into(), 3));
         assert_eq!(parse_count("web-1", &now).unwrap(), ("web".into(), 1));
         assert_eq!(parse_count("clock+1", &now).unwrap(), ("clock".into(), 1));
+        assert_eq!(
+            parse_count("worker-high=2", &now).unwrap(),
+            ("worker-high".into(), 2)
+        );
         for bad in ["web", "=2", "web=x", "web=-"] {
             assert!(parse_count(bad, &now).is_err(), "{bad}");
         }
