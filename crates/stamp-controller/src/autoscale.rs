@@ -69,6 +69,9 @@ pub struct WorkerUsage {
     pub cpu_cores: f64,
     pub memory_bytes: u64,
     pub outbound_connections: u32,
+    /// When the node took the sample (Unix ms): `cpu_cores` is the average since its previous
+    /// sample of the instance.
+    pub at_ms: u64,
 }
 
 /// One metric's samples: (Unix second, the values recorded in it), oldest first.

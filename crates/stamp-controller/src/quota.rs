@@ -5,7 +5,7 @@
 //! begins, logs the event and publishes: a stopped app's instances stop and the front end
 //! answers 403 `app-stopped` for it.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use stamp_model::quota::{CpuQuota, QuotaEvent, day_of};
 use stamp_model::{App, AppName, Plan, Sku};
@@ -23,6 +23,8 @@ pub(crate) struct QuotaBook {
     pending: BTreeMap<AppName, u64>,
     pending_day: u64,
     ticks: u32,
+    /// The last sample booked per instance: each sample is booked once, for the time it covers.
+    booked_at: HashMap<String, u64>,
 }
 
 /// Each quota-bound app's daily quota, in ms of CPU.
@@ -82,12 +84,23 @@ impl Controller {
         let quotas = quotas_of(&apps, &plans, minute);
         // Read back the day's counts first (normally done by the startup sync).
         self.quota_stopped(&apps, &plans)?;
-        // The node samples once a second; each sample's cores are the CPU of that second.
+        // Each sample's cores are the average since the instance's previous sample: booked
+        // once, for the time it covers (a second, unless a tick came late).
+        let samples = self.inner.node.usage();
         let mut used: BTreeMap<AppName, f64> = BTreeMap::new();
-        for u in self.inner.node.usage() {
-            if quotas.contains_key(&u.app) {
-                *used.entry(u.app).or_default() += u.cpu_cores * 1000.0;
+        {
+            let mut book = self.inner.quota.lock().unwrap_or_else(|p| p.into_inner());
+            let mut seen = HashMap::new();
+            for u in samples {
+                let last = book.booked_at.get(&u.instance).copied();
+                seen.insert(u.instance.clone(), u.at_ms);
+                if !quotas.contains_key(&u.app) || last == Some(u.at_ms) {
+                    continue;
+                }
+                let covers = last.map_or(1000, |l| u.at_ms.saturating_sub(l).clamp(1, 5000));
+                *used.entry(u.app).or_default() += u.cpu_cores * covers as f64;
             }
+            book.booked_at = seen;
         }
         let booked: Vec<(AppName, u64, u64)> = used
             .into_iter()
@@ -120,9 +133,19 @@ impl Controller {
             (events, flush)
         };
         for (day, counts) in flush {
-            let counts: Vec<(AppName, u64)> = counts.into_iter().collect();
-            if !counts.is_empty() {
-                store.add_cpu_used(day, &counts)?;
+            let list: Vec<(AppName, u64)> = counts.iter().map(|(a, ms)| (a.clone(), *ms)).collect();
+            if list.is_empty() {
+                continue;
+            }
+            if let Err(e) = store.add_cpu_used(day, &list) {
+                // Kept for the next write (of today's counts; an old day's are dropped).
+                let mut book = self.inner.quota.lock().unwrap_or_else(|p| p.into_inner());
+                if day == book.pending_day {
+                    for (app, ms) in counts {
+                        *book.pending.entry(app).or_default() += ms;
+                    }
+                }
+                tracing::warn!("failed to store the day's CPU counts (kept for the next try): {e}");
             }
         }
         if events.is_empty() {

@@ -531,6 +531,22 @@ impl Group {
     }
 }
 
+/// Most processes (and threads) a worker's instances may have together: plenty for any web
+/// server, and a fork bomb in one app cannot take the host's pid space from the others.
+pub(crate) const WORKER_PIDS_MAX: u32 = 4096;
+
+/// `pids.max` on the worker, wherever the pids controller is (v1 hierarchy, or v2 when
+/// enabled).
+fn limit_pids(group: &Group) -> io::Result<()> {
+    for i in 0..group.layout.hierarchies.len() {
+        let file = group.dir(i).join("pids.max");
+        if file.exists() {
+            write(&file, &WORKER_PIDS_MAX.to_string())?;
+        }
+    }
+    Ok(())
+}
+
 /// v1: CFS period and quota on `cpu`; the memory limit, and the same memory+swap limit when
 /// swap is accounted, so that swap cannot stretch the limit.
 fn limit_v1(group: &Group, limits: &Limits) -> io::Result<()> {
@@ -560,7 +576,7 @@ fn limit_v1(group: &Group, limits: &Limits) -> io::Result<()> {
     if swap_accounted && !raising {
         write(&memsw, &value)?;
     }
-    Ok(())
+    limit_pids(group)
 }
 
 /// v2: `cpu.max`, `memory.max`, no swap when memory is limited; and the controllers handed on
@@ -580,6 +596,7 @@ fn limit_v2(group: &Group, limits: &Limits) -> io::Result<()> {
     if swap.exists() {
         write(&swap, if bytes.is_some() { "0" } else { "max" })?;
     }
+    limit_pids(group)?;
     enable_v2_controllers(&dir)
 }
 
@@ -1116,6 +1133,17 @@ mod tests {
             memory_mib: 256,
         };
         let worker = agent.cgroups.create_worker("small-1", &limits).unwrap();
+        // Where the pids controller is, the worker's process count is bounded.
+        let group = worker.group.as_ref().unwrap();
+        let limited: Vec<String> = (0..group.layout.hierarchies.len())
+            .map(|i| group.dir(i).join("pids.max"))
+            .filter(|f| f.exists())
+            .map(|f| std::fs::read_to_string(f).unwrap().trim().to_string())
+            .collect();
+        assert!(
+            limited.iter().all(|v| *v == WORKER_PIDS_MAX.to_string()),
+            "{limited:?}"
+        );
         let instance = worker.create_instance("burner").unwrap();
         let mut child = spawn_in(&instance, "while :; do :; done & while :; do :; done");
         wait_until("both loops in the group", Duration::from_secs(5), || {

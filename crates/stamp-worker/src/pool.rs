@@ -52,6 +52,8 @@ pub(crate) struct Pools {
     warm: BTreeMap<String, VecDeque<Arc<Worker>>>,
     bound: BTreeMap<Binding, Arc<Worker>>,
     created: u64,
+    /// The last refill failure logged, so a lasting one is logged once, not every round.
+    refill_error: Option<String>,
 }
 
 impl Pools {
@@ -63,6 +65,7 @@ impl Pools {
             warm: BTreeMap::new(),
             bound: BTreeMap::new(),
             created: 0,
+            refill_error: None,
         }
     }
 
@@ -146,9 +149,16 @@ impl Pools {
             for _ in have..want {
                 let limits = shared_limits(&target.limits);
                 match create(&self.cgroups, &mut self.created, &limits) {
-                    Ok(w) => self.warm.entry(size.clone()).or_default().push_back(w),
+                    Ok(w) => {
+                        self.warm.entry(size.clone()).or_default().push_back(w);
+                        self.refill_error = None;
+                    }
                     Err(e) => {
-                        tracing::warn!("failed to prepare a warm {size} worker: {e}");
+                        let error = format!("failed to prepare a warm {size} worker: {e}");
+                        if self.refill_error.as_ref() != Some(&error) {
+                            tracing::warn!("{error}");
+                            self.refill_error = Some(error);
+                        }
                         break;
                     }
                 }

@@ -128,6 +128,7 @@ impl Node for AgentNode {
                 cpu_cores: u.cpu_cores,
                 memory_bytes: u.memory_bytes,
                 outbound_connections: u.outbound_connections,
+                at_ms: u.at_ms,
             })
             .collect()
     }
