@@ -259,13 +259,15 @@ impl Supervisor {
                                 path: paths.root.clone(),
                                 source,
                             })?;
-                    let net = netlimits
-                        .add(&id, outbound)
-                        .map_err(|source| StartError::Io {
+                    let net = netlimits.add(&id, outbound).map_err(|source| {
+                        // Nothing runs in it yet; the next attempt makes it again.
+                        group.remove();
+                        StartError::Io {
                             what: "limit the outbound connections of",
                             path: paths.root.clone(),
                             source,
-                        })?;
+                        }
+                    })?;
                     Ok::<_, StartError>(Jail { group, user, net })
                 })
                 .await
