@@ -35,10 +35,10 @@ use nix::sys::signal::{Signal, kill};
 use nix::sys::stat::Mode as FileMode;
 use nix::unistd::Pid;
 
-const MOUNTINFO: &str = "/proc/self/mountinfo";
+pub(crate) const MOUNTINFO: &str = "/proc/self/mountinfo";
 
 /// The directory under each hierarchy's mount that holds every agent's groups.
-const STAMP_DIR: &str = "stamp";
+pub(crate) const STAMP_DIR: &str = "stamp";
 
 /// The CFS period; the quota is `millicores` per mille of it.
 const CFS_PERIOD_US: u64 = 100_000;
@@ -51,12 +51,12 @@ const V2_CONTROLLERS: [&str; 2] = ["cpu", "memory"];
 
 /// How long [`Cgroups::clean_leftovers`] waits for killed processes to leave their groups.
 /// SIGKILLed processes exit in milliseconds unless stuck in the kernel (uninterruptible IO).
-const EMPTY_WAIT: Duration = Duration::from_secs(5);
+pub(crate) const EMPTY_WAIT: Duration = Duration::from_secs(5);
 
 /// How long a `remove` retries while the kernel finishes taking exited processes out.
-const REMOVE_WAIT: Duration = Duration::from_secs(2);
+pub(crate) const REMOVE_WAIT: Duration = Duration::from_secs(2);
 
-const POLL: Duration = Duration::from_millis(10);
+pub(crate) const POLL: Duration = Duration::from_millis(10);
 
 /// Rounds of "list, SIGKILL the new ones" in a v1 kill: a process may fork between the listing
 /// and its kill, so listing again catches the children; a fork bomb gets this many rounds.
@@ -719,7 +719,7 @@ fn parse_mount(line: &str) -> Option<Mount> {
 }
 
 /// The kernel writes a space, tab, newline or backslash in a path as `\ooo` (octal).
-fn unescape(field: &str) -> PathBuf {
+pub(crate) fn unescape(field: &str) -> PathBuf {
     let bytes = field.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -819,14 +819,14 @@ fn kill_in(dir: &Path, version: Version) {
 
 /// v2's `cgroup.kill` (Linux 5.14+) kills the group and its descendants at once, forks
 /// included. False if the kernel has none, or refused.
-fn kill_by_cgroup_kill(dir: &Path) -> bool {
+pub(crate) fn kill_by_cgroup_kill(dir: &Path) -> bool {
     let kill_file = dir.join("cgroup.kill");
     kill_file.exists() && write(&kill_file, "1").is_ok()
 }
 
 /// SIGKILLs each pid `list` gives, listing again for what they forked meanwhile, until a
 /// listing has nothing new. `dir` is for the log.
-fn kill_listed(dir: &Path, list: impl Fn() -> Vec<u32>) {
+pub(crate) fn kill_listed(dir: &Path, list: impl Fn() -> Vec<u32>) {
     let me = std::process::id();
     let mut killed = HashSet::new();
     for _ in 0..KILL_PASSES {
@@ -852,7 +852,7 @@ fn kill_listed(dir: &Path, list: impl Fn() -> Vec<u32>) {
 }
 
 /// The pids in a group's `cgroup.procs`; none if it cannot be read.
-fn read_pids(dir: &Path) -> Vec<u32> {
+pub(crate) fn read_pids(dir: &Path) -> Vec<u32> {
     fs::read_to_string(dir.join("cgroup.procs"))
         .map(|text| parse_pids(&text))
         .unwrap_or_default()
@@ -868,7 +868,7 @@ fn parse_pids(text: &str) -> Vec<u32> {
 }
 
 /// Every directory below `dir` (not `dir` itself), children before their parents.
-fn descendants(dir: &Path) -> Vec<PathBuf> {
+pub(crate) fn descendants(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let Ok(entries) = fs::read_dir(dir) else {
         return out;
@@ -884,7 +884,7 @@ fn descendants(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// Removes groups (children first), retrying for [`REMOVE_WAIT`] in all while one is busy.
-fn remove_dirs(dirs: &[PathBuf]) {
+pub(crate) fn remove_dirs(dirs: &[PathBuf]) {
     let deadline = Instant::now() + REMOVE_WAIT;
     for dir in dirs {
         loop {
@@ -909,7 +909,7 @@ fn remove_dirs(dirs: &[PathBuf]) {
     clippy::disallowed_methods,
     reason = "a bounded wait for the kernel on a blocking thread, not time-based logic"
 )]
-fn pause(duration: Duration) {
+pub(crate) fn pause(duration: Duration) {
     std::thread::sleep(duration);
 }
 
@@ -956,7 +956,7 @@ fn stat_value(text: &str, key: &str) -> Option<u64> {
     })
 }
 
-fn path_cstring(path: &Path) -> io::Result<CString> {
+pub(crate) fn path_cstring(path: &Path) -> io::Result<CString> {
     CString::new(path.as_os_str().as_bytes()).map_err(|_| {
         io::Error::new(
             io::ErrorKind::InvalidInput,

@@ -98,17 +98,10 @@ pub(crate) fn claim_patiently(
                 lock_path(agent).display()
             )));
         }
-        pause(std::time::Duration::from_millis(50));
+        crate::cgroup::pause(std::time::Duration::from_millis(50));
     }
 }
 
-#[expect(
-    clippy::disallowed_methods,
-    reason = "a short wait on a blocking thread at agent start"
-)]
-fn pause(d: std::time::Duration) {
-    std::thread::sleep(d);
-}
 
 #[cfg(test)]
 mod tests {

@@ -44,26 +44,23 @@
 //! hierarchy's root would match nothing; rules live in the agent's network namespace.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::ffi::{CString, OsString};
+use std::ffi::CString;
 use std::fs;
 use std::io::{self, Write as _};
-use std::os::unix::ffi::{OsStrExt as _, OsStringExt as _};
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Component, Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 
-const MOUNTINFO: &str = "/proc/self/mountinfo";
+use crate::cgroup::{
+    self, EMPTY_WAIT, MOUNTINFO, POLL, STAMP_DIR, descendants, path_cstring, pause, read_pids,
+    remove_dirs, unescape,
+};
 
 /// nft reads the path of `socket cgroupv2` relative to this directory (hard-wired in nft).
 const NFT_CGROUP_ROOT: &str = "/sys/fs/cgroup";
-
-/// The directory under the cgroup2 mount that holds every agent's groups (as in `cgroup.rs`).
-const STAMP_DIR: &str = "stamp";
 
 /// The map that dispatches to the instances' chains, for groups at the usual level.
 const MAP: &str = "instances";
@@ -74,14 +71,6 @@ const TABLE_NAME_MAX: usize = 31;
 
 /// Where to look for `nft` when it is not on `PATH` (an agent started with a user's `PATH`).
 const NFT_DIRS: [&str; 4] = ["/usr/sbin", "/sbin", "/usr/local/sbin", "/usr/bin"];
-
-/// How long [`NetLimits::clean_leftovers`] waits for killed processes to leave their groups.
-const EMPTY_WAIT: Duration = Duration::from_secs(5);
-
-/// How long a removal retries while the kernel finishes taking exited processes out of a group.
-const REMOVE_WAIT: Duration = Duration::from_secs(2);
-
-const POLL: Duration = Duration::from_millis(10);
 
 /// Enforces per-instance outbound TCP connection limits with nftables, where the host allows.
 /// Cheap to clone.
@@ -224,7 +213,9 @@ impl NetLimits {
                         dir.display()
                     );
                 }
-                kill_group(dir, &pids);
+                if !cgroup::kill_by_cgroup_kill(dir) {
+                    cgroup::kill_listed(dir, || pids.clone());
+                }
             }
             reported = true;
             if left == 0 {
@@ -736,115 +727,9 @@ fn cgroup2_mounts(mountinfo: &str) -> Vec<Mount> {
         .collect()
 }
 
-/// The kernel writes a space, tab, newline or backslash in a path as `\ooo` (octal).
-fn unescape(field: &str) -> PathBuf {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let octal = bytes
-            .get(i + 1..i + 4)
-            .filter(|d| d.iter().all(|b| (b'0'..=b'7').contains(b)) && d[0] <= b'3');
-        match (bytes[i], octal) {
-            (b'\\', Some(d)) => {
-                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
-                i += 4;
-            }
-            (b, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    PathBuf::from(OsString::from_vec(out))
-}
-
-/// SIGKILLs a group's processes, and its descendants': through `cgroup.kill` (Linux 5.14+, no
-/// fork escapes it), else each listed pid.
-fn kill_group(dir: &Path, pids: &[u32]) {
-    if fs::write(dir.join("cgroup.kill"), "1").is_ok() {
-        return;
-    }
-    let me = std::process::id();
-    for &pid in pids.iter().filter(|pid| **pid != me) {
-        if let Ok(raw) = i32::try_from(pid) {
-            // ESRCH: it exited since the listing.
-            let _ = kill(Pid::from_raw(raw), Signal::SIGKILL);
-        }
-    }
-}
-
-/// The pids in a group's `cgroup.procs`; none if it cannot be read. 0 (a process outside our
-/// pid namespace) is left out: `kill(0, ..)` would signal our own process group.
-fn read_pids(dir: &Path) -> Vec<u32> {
-    fs::read_to_string(dir.join("cgroup.procs"))
-        .map(|text| {
-            text.lines()
-                .filter_map(|line| line.trim().parse().ok())
-                .filter(|pid| *pid != 0)
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// Every directory below `dir` (not `dir` itself), children before their parents.
-fn descendants(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let Ok(entries) = fs::read_dir(dir) else {
-        return out;
-    };
-    for entry in entries.flatten() {
-        if entry.file_type().is_ok_and(|t| t.is_dir()) {
-            let path = entry.path();
-            out.extend(descendants(&path));
-            out.push(path);
-        }
-    }
-    out
-}
-
-/// Removes groups (children first), retrying for [`REMOVE_WAIT`] in all while one is busy.
-fn remove_dirs(dirs: &[PathBuf]) {
-    let deadline = Instant::now() + REMOVE_WAIT;
-    for dir in dirs {
-        loop {
-            match fs::remove_dir(dir) {
-                Ok(()) => break,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => break,
-                Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
-                    pause(POLL);
-                }
-                Err(e) => {
-                    tracing::warn!("failed to remove the cgroup {}: {e}", dir.display());
-                    break;
-                }
-            }
-        }
-    }
-}
-
-/// Waits for the kernel (a group to empty). Not time-based logic to test with paused time: the
-/// callers run on blocking threads, without a runtime to await.
-#[expect(
-    clippy::disallowed_methods,
-    reason = "a bounded wait for the kernel on a blocking thread, not time-based logic"
-)]
-fn pause(duration: Duration) {
-    std::thread::sleep(duration);
-}
-
 fn make_dir(dir: &Path) -> io::Result<()> {
     fs::create_dir_all(dir)
         .map_err(|e| io::Error::new(e.kind(), format!("could not create {}: {e}", dir.display())))
-}
-
-fn path_cstring(path: &Path) -> io::Result<CString> {
-    CString::new(path.as_os_str().as_bytes()).map_err(|_| {
-        io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("the cgroup path {} contains a NUL byte", path.display()),
-        )
-    })
 }
 
 #[cfg(test)]
@@ -854,6 +739,7 @@ mod tests {
     use std::os::unix::process::{CommandExt as _, ExitStatusExt as _};
     use std::process::{Child, ExitStatus};
     use std::sync::mpsc;
+    use std::time::Duration;
 
     use super::*;
 
