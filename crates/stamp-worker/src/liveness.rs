@@ -102,7 +102,6 @@ pub(crate) fn claim_patiently(
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -53,7 +53,6 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
-
 use crate::cgroup::{
     self, EMPTY_WAIT, MOUNTINFO, POLL, STAMP_DIR, descendants, path_cstring, pause, read_pids,
     remove_dirs, unescape,

@@ -715,12 +715,7 @@ async fn front_end_settings_from_the_cli() {
     assert!(logs.contains("unhealthy"), "{logs}");
 
     // Metrics: the controller exports the front end's request counters.
-    let metrics = reqwest::get(format!("{}/metrics", s.api))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = s.metrics().await;
     assert!(
         metrics.contains("stamp_http_requests_total{app=\"hello\""),
         "{metrics}"

@@ -31,22 +31,6 @@ fn count(list: &[Value], process_type: &str, state: &str) -> usize {
         .count()
 }
 
-/// Waits until `check` holds for the output of `stamp <args> --output json`.
-async fn wait_json(stamp: &Stamp, args: &[&str], what: &str, check: impl Fn(&Value) -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let v = stamp.json(args).await;
-        if check(&v) {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}: {v:#}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
@@ -200,13 +184,14 @@ async fn formation_per_app_scaling_pools_and_sandbox() {
     assert_eq!(small["warm_target"], 1, "{pools:#}");
     assert!(small["skus"].as_array().unwrap().contains(&"S1".into()));
     stamp.ok(&["pool", "set", "small", "--warm", "2"]).await;
-    wait_json(&stamp, &["pool", "list"], "two warm small workers", |v| {
-        v.as_array()
-            .unwrap()
-            .iter()
-            .any(|p| p["size"] == "small" && p["available"] == 2)
-    })
-    .await;
+    stamp
+        .wait_json(&["pool", "list"], "two warm small workers", |v| {
+            v.as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["size"] == "small" && p["available"] == 2)
+        })
+        .await;
     let err = stamp.fails(&["pool", "set", "huge", "--warm", "1"]).await;
     assert!(err.contains("unknown worker size"), "{err}");
     let err = stamp.fails(&["pool", "set", "small", "--warm", "-1"]).await;
@@ -215,12 +200,7 @@ async fn formation_per_app_scaling_pools_and_sandbox() {
     stamp.ok(&["plan", "scale", "std", "--workers", "3"]).await;
     let logs = stamp.ok(&["logs", "other", "-n", "200"]).await;
     assert!(logs.contains("takes warm small worker"), "{logs}");
-    let metrics = reqwest::get(format!("{}/metrics", stamp.api))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = stamp.metrics().await;
     assert!(
         metrics.contains("stamp_pool_workers_available{size=\"small\"}"),
         "{metrics}"
@@ -303,18 +283,11 @@ async fn sku_limits_hold_memory_and_cpu_hogs() {
     // restarted, and the event says why.
     let (status, body) = stamp.get_path("hog", "/hog?mb=2000").await;
     assert_ne!(status, 200, "the hog should not survive: {body}");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let logs = stamp.ok(&["logs", "hog", "-n", "100"]).await;
-        if logs.contains("exceeding the worker's memory limit of 1792 MiB") {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no memory-limit event: {logs}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    stamp
+        .wait_log("hog", "the memory-limit event", |l| {
+            l.contains("exceeding the worker's memory limit of 1792 MiB")
+        })
+        .await;
     stamp
         .wait_instances("hog", "the web instance restarted", |l| {
             l.iter()
@@ -389,28 +362,16 @@ async fn outbound_connections_are_counted_with_a_warning_at_80_percent() {
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("holding 500"), "{body}");
 
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let logs = stamp.ok(&["logs", "net", "-n", "100"]).await;
-        if logs.contains("over 80 % of its limit of 600") {
-            assert!(logs.contains("has 500 open outbound connections"), "{logs}");
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no outbound-connection warning: {logs}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let logs = stamp
+        .wait_log("net", "the 80 % warning", |l| {
+            l.contains("over 80 % of its limit of 600")
+        })
+        .await;
+    assert!(logs.contains("has 500 open outbound connections"), "{logs}");
     // The metric comes with the instance's next usage sample.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let line = loop {
-        let metrics = reqwest::get(format!("{}/metrics", stamp.api))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = stamp.metrics().await;
         if let Some(line) = metrics
             .lines()
             .find(|l| l.starts_with("stamp_instance_outbound_connections{app=\"net\""))
@@ -436,18 +397,11 @@ async fn outbound_connections_are_counted_with_a_warning_at_80_percent() {
             .await;
         assert_eq!(status, 502, "{body}");
         assert!(body.contains("holding 600 connections"), "{body}");
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let logs = stamp.ok(&["logs", "net", "-n", "100"]).await;
-            if logs.contains("its limit of 600") && logs.contains("has 600 open") {
-                break;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "no event at the limit: {logs}"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        stamp
+            .wait_log("net", "the event at the limit", |l| {
+                l.contains("its limit of 600") && l.contains("has 600 open")
+            })
+            .await;
     } else {
         eprintln!("nft missing or not root: the limit is counted, not enforced; skipping");
     }

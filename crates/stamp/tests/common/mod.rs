@@ -160,11 +160,16 @@ impl Stamp {
 
     /// Waits until `check` holds for the app's instances (`stamp ps --output json`).
     pub async fn wait_instances(&self, app: &str, what: &str, check: impl Fn(&[Value]) -> bool) {
+        self.wait_json(&["ps", app], what, |v| check(v.as_array().unwrap()))
+            .await;
+    }
+
+    /// Waits (up to 60 s) until `check` holds for the output of `stamp <args> --output json`.
+    pub async fn wait_json(&self, args: &[&str], what: &str, check: impl Fn(&Value) -> bool) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {
-            let v = self.json(&["ps", app]).await;
-            let list = v.as_array().unwrap();
-            if check(list) {
+            let v = self.json(args).await;
+            if check(&v) {
                 return;
             }
             assert!(
@@ -172,6 +177,32 @@ impl Stamp {
                 "timed out waiting for {what}: {v:#}"
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The controller's Prometheus text.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.api))
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics body")
+    }
+
+    /// Waits (up to 60 s) until the app's last 200 log lines satisfy `check`; returns them.
+    pub async fn wait_log(&self, app: &str, what: &str, check: impl Fn(&str) -> bool) -> String {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let logs = self.ok(&["logs", app, "-n", "200"]).await;
+            if check(&logs) {
+                return logs;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {what} in the log of {app}: {logs}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 
