@@ -22,7 +22,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use stamp_autoscale::{Evaluation, Grain, MetricQuery, Metrics, ScaleState, Setting, Stats};
 use stamp_model::sku::{self, Sku};
-use stamp_model::{AppName, AutoscaleRun, Millis, PlanName};
+use stamp_model::{App, AppName, AutoscaleRun, Millis, Plan, PlanName};
 
 use crate::Controller;
 
@@ -213,20 +213,32 @@ impl Controller {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             tick.tick().await;
-            if let Err(e) = self.sample_metrics(&mut previous) {
+            // One read of the store and of the node's usage serves both.
+            let (apps, plans) = match (self.inner.store.apps(), self.inner.store.plans()) {
+                (Ok(apps), Ok(plans)) => (apps, plans),
+                (Err(e), _) | (_, Err(e)) => {
+                    tracing::warn!("failed to read the plans for their metrics: {e:#}");
+                    continue;
+                }
+            };
+            let usage = self.inner.node.usage();
+            if let Err(e) = self.sample_metrics(&mut previous, &apps, &plans, &usage) {
                 tracing::warn!("failed to sample plan metrics: {e:#}");
             }
-            if let Err(e) = self.account_quotas() {
+            if let Err(e) = self.account_quotas(&apps, &plans, usage) {
                 tracing::warn!("failed to account the daily CPU quotas: {e:#}");
             }
         }
     }
 
-    fn sample_metrics(&self, previous: &mut HashMap<String, AppCounters>) -> anyhow::Result<()> {
+    fn sample_metrics(
+        &self,
+        previous: &mut HashMap<String, AppCounters>,
+        apps: &[App],
+        plans: &[Plan],
+        usage: &[WorkerUsage],
+    ) -> anyhow::Result<()> {
         let second = i64::try_from(self.inner.clock.now().0 / 1000).unwrap_or(i64::MAX);
-        let store = &self.inner.store;
-        let apps = store.apps()?;
-        let plans = store.plans()?;
         let metrics = &self.inner.metrics;
         let counters = self.inner.frontend.request_counters();
         // Sum the front end's per-app counters over each plan's apps.
@@ -251,7 +263,7 @@ impl Controller {
                 .as_secs_f64();
             l.1 += c.latency_count.saturating_sub(before.latency_count);
         }
-        for plan in &plans {
+        for plan in plans {
             let v = per_plan.get(&plan.name).copied().unwrap_or_default();
             for (metric, value) in [
                 ("Requests", v[0]),
@@ -267,8 +279,7 @@ impl Controller {
             }
         }
         // CPU and memory per worker, as a share of the worker's SKU size.
-        let usage = self.inner.node.usage();
-        for plan in &plans {
+        for plan in plans {
             let Ok(sku) = Sku::find(&plan.sku) else {
                 continue;
             };
@@ -293,7 +304,7 @@ impl Controller {
         }
         // Azure's worker-pool metric: warm workers of the plan's size ready to be taken.
         let pools = self.inner.node.pools();
-        for plan in &plans {
+        for plan in plans {
             let Ok(sku) = Sku::find(&plan.sku) else {
                 continue;
             };

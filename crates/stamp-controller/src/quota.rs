@@ -11,6 +11,7 @@ use stamp_model::quota::{CpuQuota, QuotaEvent, day_of};
 use stamp_model::{App, AppName, Plan, Sku};
 
 use crate::Controller;
+use crate::autoscale::WorkerUsage;
 
 /// Seconds between writes of the CPU counts to the store.
 const FLUSH_EVERY: u32 = 10;
@@ -75,18 +76,20 @@ impl Controller {
     }
 
     /// One second of quota accounting (called by the metrics loop).
-    pub(crate) fn account_quotas(&self) -> anyhow::Result<()> {
+    pub(crate) fn account_quotas(
+        &self,
+        apps: &[App],
+        plans: &[Plan],
+        samples: Vec<WorkerUsage>,
+    ) -> anyhow::Result<()> {
         let now = self.inner.clock.now();
         let store = &self.inner.store;
-        let plans = store.plans()?;
-        let apps = store.apps()?;
         let minute = self.inner.config.cpu_minute_ms;
-        let quotas = quotas_of(&apps, &plans, minute);
+        let quotas = quotas_of(apps, plans, minute);
         // Read back the day's counts first (normally done by the startup sync).
-        self.quota_stopped(&apps, &plans)?;
+        self.quota_stopped(apps, plans)?;
         // Each sample's cores are the average since the instance's previous sample: booked
         // once, for the time it covers (a second, unless a tick came late).
-        let samples = self.inner.node.usage();
         let mut used: BTreeMap<AppName, f64> = BTreeMap::new();
         {
             let mut book = self.inner.quota.lock().unwrap_or_else(|p| p.into_inner());

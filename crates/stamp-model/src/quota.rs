@@ -110,12 +110,6 @@ impl CpuQuota {
         }
         events
     }
-
-    /// Forgets an app (deleted).
-    pub fn forget(&mut self, app: &AppName) {
-        self.used_ms.remove(app);
-        self.stopped.remove(app);
-    }
 }
 
 #[cfg(test)]

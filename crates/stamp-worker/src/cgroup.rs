@@ -1144,6 +1144,10 @@ mod tests {
             limited.iter().all(|v| *v == WORKER_PIDS_MAX.to_string()),
             "{limited:?}"
         );
+        assert!(
+            !limited.is_empty() || !Path::new("/sys/fs/cgroup/pids").exists(),
+            "the host has the pids controller, but the worker has no pids.max"
+        );
         let instance = worker.create_instance("burner").unwrap();
         let mut child = spawn_in(&instance, "while :; do :; done & while :; do :; done");
         wait_until("both loops in the group", Duration::from_secs(5), || {
