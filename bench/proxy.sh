@@ -31,8 +31,8 @@ HOST="$APP.localhost"
 SERVER_CPU=0
 CLIENT_CPU=1
 
-log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() { log "error: $*"; exit 1; }
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 
 # --- tools --------------------------------------------------------------------------------------
 
@@ -100,20 +100,9 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
 API_PORT=$(free_port); HTTP_PORT=$(free_port); HTTPS_PORT=$(free_port)
 NGINX_PORT=$(free_port); NGINX_TLS_PORT=$(free_port); CALIB_PORT=$(free_port)
 
-wait_for() { # wait_for SECONDS COMMAND...: retries COMMAND every 0.1 s
-    local limit=$1; shift
-    for _ in $(seq 1 $((limit * 10))); do
-        "$@" >/dev/null 2>&1 && return 0
-        sleep 0.1
-    done
-    return 1
-}
 
 cores_busy() { # "busy0 busy1": per-core non-idle jiffies and total jiffies since boot, for cpu0 and cpu1
     awk '/^cpu[01] / {idle = $5 + $6; total = 0; for (i = 2; i <= NF; i++) total += $i; printf "%d %d ", total - idle, total}' /proc/stat

@@ -23,8 +23,8 @@ APP=bench
 PLAN=bench-plan
 HOST="$APP.localhost"
 
-log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() { log "error: $*"; exit 1; }
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 
 # --- tools --------------------------------------------------------------------------------------
 
@@ -72,19 +72,8 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
 API_PORT=$(free_port); HTTP_PORT=$(free_port); HTTPS_PORT=$(free_port)
 
-wait_for() { # wait_for SECONDS COMMAND...: retries COMMAND every 0.1 s
-    local limit=$1; shift
-    for _ in $(seq 1 $((limit * 10))); do
-        "$@" >/dev/null 2>&1 && return 0
-        sleep 0.1
-    done
-    return 1
-}
 
 # --- Stamp --------------------------------------------------------------------------------------
 
