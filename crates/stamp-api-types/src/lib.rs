@@ -276,15 +276,99 @@ pub struct InstanceCounts {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ReleaseView {
     pub version: u32,
+    #[serde(default)]
+    pub slot: String,
     pub artifact: Option<String>,
     pub process_types: Vec<String>,
     pub description: String,
+    /// Who made it: the caller's role, or `stamp` for releases the platform made.
+    #[serde(default)]
+    pub actor: String,
     pub created_at: u64,
+}
+
+/// Query of every per-app route that acts on one slot: `?slot=staging` (default production).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SlotQuery {
+    pub slot: Option<String>,
+}
+
+/// `POST /apps/{app}/slots`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreateSlot {
+    pub name: String,
+    /// Copy this slot's settings (Azure clones settings, never content).
+    #[serde(default)]
+    pub clone_settings_from: Option<String>,
+}
+
+/// `PATCH /apps/{app}/slots/{slot}`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct UpdateSlot {
+    /// Auto swap target; `""` turns auto swap off.
+    #[serde(default)]
+    pub auto_swap_to: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SlotView {
+    pub name: String,
+    pub hostname: String,
+    pub url: String,
+    /// The current release, if any.
+    pub release: Option<u32>,
+    pub auto_swap_to: Option<String>,
+    /// Share of production's clients routed here; `None`: no routing rule.
+    pub routing: Option<u8>,
+    pub instances: InstanceCounts,
+}
+
+/// `PUT /apps/{app}/routing`: the whole rule set; slots left out get no rule.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SetRouting {
+    pub rules: BTreeMap<String, u8>,
+}
+
+/// `POST /apps/{app}/swap`: start a swap, or finish (`complete`) or revert (`cancel`) a swap
+/// with preview.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SwapRequest {
+    #[serde(default)]
+    pub source: Option<String>,
+    #[serde(default)]
+    pub target: Option<String>,
+    #[serde(default)]
+    pub preview: bool,
+    /// `complete` or `cancel`.
+    #[serde(default)]
+    pub action: Option<String>,
+}
+
+/// A swap's progress: `GET /apps/{app}/swap`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SwapView {
+    pub source: String,
+    pub target: String,
+    /// `applying`, `warming`, `preview`, `completed`, `reverted`, or `none`.
+    pub state: String,
+    /// Whether the swap has ended (completed or reverted).
+    pub done: bool,
+    /// Every step so far, oldest first.
+    pub steps: Vec<String>,
+}
+
+/// `POST /apps/{app}/rollback`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Rollback {
+    pub version: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct InstanceView {
     pub id: String,
+    /// The slot whose lane the instance is on.
+    #[serde(default)]
+    pub slot: String,
     pub process_type: String,
     pub worker: String,
     pub release: u32,
@@ -306,11 +390,17 @@ pub struct UpdateSettings {
     pub set: BTreeMap<String, String>,
     #[serde(default)]
     pub unset: Vec<String>,
+    /// Mark the names in `set` as slot settings (they stay with their slot in a swap).
+    #[serde(default)]
+    pub slot_setting: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SettingsView {
     pub settings: BTreeMap<String, String>,
+    /// The app's slot settings (sticky names, the same list in every slot).
+    #[serde(default)]
+    pub slot_settings: Vec<String>,
     /// The release the change created, when there was one.
     pub release: Option<ReleaseView>,
 }

@@ -251,10 +251,16 @@ impl Client {
         self.post("/apps", req).await
     }
 
-    pub async fn update_app(&self, name: &str, req: &wire::UpdateApp) -> Result<wire::AppView> {
+    pub async fn update_app(
+        &self,
+        name: &str,
+        slot: Option<&str>,
+        req: &wire::UpdateApp,
+    ) -> Result<wire::AppView> {
         self.json(
             self.http
                 .patch(self.url(&format!("/apps/{name}")))
+                .query(&slot_query(slot))
                 .json(req),
         )
         .await
@@ -331,48 +337,140 @@ impl Client {
         Ok(())
     }
 
-    pub async fn restart_app(&self, name: &str) -> Result<wire::AppView> {
-        self.post(&format!("/apps/{name}/restart"), &()).await
+    pub async fn restart_app(&self, name: &str, slot: Option<&str>) -> Result<wire::AppView> {
+        self.json(
+            self.http
+                .post(self.url(&format!("/apps/{name}/restart")))
+                .query(&slot_query(slot))
+                .json(&()),
+        )
+        .await
     }
 
     /// Uploads an archive (zip or tar.gz) as the app's next release. `body` streams the bytes so
     /// the caller can show progress; `len` is sent as Content-Length.
-    pub async fn deploy<S>(&self, app: &str, len: u64, body: S) -> Result<wire::ReleaseView>
+    pub async fn deploy<S>(
+        &self,
+        app: &str,
+        slot: Option<&str>,
+        len: u64,
+        body: S,
+    ) -> Result<wire::ReleaseView>
     where
         S: Stream<Item = std::io::Result<Bytes>> + Send + Sync + 'static,
     {
         let req = self
             .http
             .post(self.url(&format!("/apps/{app}/deploy")))
+            .query(&slot_query(slot))
             .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
             .header(reqwest::header::CONTENT_LENGTH, len)
             .body(reqwest::Body::wrap_stream(body));
         self.json(req).await
     }
 
-    pub async fn releases(&self, app: &str) -> Result<Vec<wire::ReleaseView>> {
-        self.get(&format!("/apps/{app}/releases")).await
+    pub async fn releases(&self, app: &str, slot: Option<&str>) -> Result<Vec<wire::ReleaseView>> {
+        self.get_in(&format!("/apps/{app}/releases"), slot).await
     }
 
-    pub async fn instances(&self, app: &str) -> Result<Vec<wire::InstanceView>> {
-        self.get(&format!("/apps/{app}/instances")).await
+    /// The app's instances: of every slot, or of `slot` only.
+    pub async fn instances(
+        &self,
+        app: &str,
+        slot: Option<&str>,
+    ) -> Result<Vec<wire::InstanceView>> {
+        self.get_in(&format!("/apps/{app}/instances"), slot).await
     }
 
-    pub async fn settings(&self, app: &str) -> Result<wire::SettingsView> {
-        self.get(&format!("/apps/{app}/settings")).await
+    pub async fn settings(&self, app: &str, slot: Option<&str>) -> Result<wire::SettingsView> {
+        self.get_in(&format!("/apps/{app}/settings"), slot).await
     }
 
     pub async fn update_settings(
         &self,
         app: &str,
+        slot: Option<&str>,
         req: &wire::UpdateSettings,
     ) -> Result<wire::SettingsView> {
         self.json(
             self.http
                 .patch(self.url(&format!("/apps/{app}/settings")))
+                .query(&slot_query(slot))
                 .json(req),
         )
         .await
+    }
+
+    pub async fn slots(&self, app: &str) -> Result<Vec<wire::SlotView>> {
+        self.get(&format!("/apps/{app}/slots")).await
+    }
+
+    pub async fn create_slot(&self, app: &str, req: &wire::CreateSlot) -> Result<wire::SlotView> {
+        self.post(&format!("/apps/{app}/slots"), req).await
+    }
+
+    pub async fn update_slot(
+        &self,
+        app: &str,
+        slot: &str,
+        req: &wire::UpdateSlot,
+    ) -> Result<wire::SlotView> {
+        self.json(
+            self.http
+                .patch(self.url(&format!("/apps/{app}/slots/{slot}")))
+                .json(req),
+        )
+        .await
+    }
+
+    pub async fn delete_slot(&self, app: &str, slot: &str) -> Result<()> {
+        self.send(
+            self.http
+                .delete(self.url(&format!("/apps/{app}/slots/{slot}"))),
+        )
+        .await?;
+        Ok(())
+    }
+
+    pub async fn set_routing(
+        &self,
+        app: &str,
+        req: &wire::SetRouting,
+    ) -> Result<Vec<wire::SlotView>> {
+        self.json(
+            self.http
+                .put(self.url(&format!("/apps/{app}/routing")))
+                .json(req),
+        )
+        .await
+    }
+
+    pub async fn swap(&self, app: &str, req: &wire::SwapRequest) -> Result<wire::SwapView> {
+        self.post(&format!("/apps/{app}/swap"), req).await
+    }
+
+    pub async fn swap_status(&self, app: &str) -> Result<wire::SwapView> {
+        self.get(&format!("/apps/{app}/swap")).await
+    }
+
+    pub async fn rollback(
+        &self,
+        app: &str,
+        slot: Option<&str>,
+        version: u32,
+    ) -> Result<wire::ReleaseView> {
+        self.json(
+            self.http
+                .post(self.url(&format!("/apps/{app}/rollback")))
+                .query(&slot_query(slot))
+                .json(&wire::Rollback { version }),
+        )
+        .await
+    }
+
+    async fn get_in<T: DeserializeOwned>(&self, path: &str, slot: Option<&str>) -> Result<T> {
+        self.json(self.http.get(self.url(path)).query(&slot_query(slot)))
+            .await
     }
 
     /// The app's log: the last `lines` lines, then, with `tail`, new lines as they come.
@@ -392,6 +490,11 @@ impl Client {
         let chunks = resp.bytes_stream();
         Ok(ndjson(chunks))
     }
+}
+
+/// `?slot=` when a slot is named (the API defaults to production).
+fn slot_query(slot: Option<&str>) -> Vec<(&'static str, &str)> {
+    slot.map(|s| vec![("slot", s)]).unwrap_or_default()
 }
 
 /// Splits a byte stream into newline-delimited JSON values.

@@ -25,6 +25,7 @@ use stamp_model::{
 };
 use stamp_store::NewRelease;
 
+use crate::slots::{self, ensure_not_swapping, find_slot, slot_of};
 use crate::{ApiError, Controller, workers};
 
 type ApiResult<T> = Result<T, ApiError>;
@@ -96,6 +97,23 @@ pub fn router(c: Controller) -> Router {
             get(show_settings).patch(update_settings),
         )
         .route("/apps/{app}/logs", get(logs))
+        .route(
+            "/apps/{app}/slots",
+            get(slots::list_slots).post(slots::create_slot),
+        )
+        .route(
+            "/apps/{app}/slots/{slot}",
+            axum::routing::patch(slots::update_slot).delete(slots::delete_slot),
+        )
+        .route(
+            "/apps/{app}/routing",
+            axum::routing::put(slots::set_routing),
+        )
+        .route(
+            "/apps/{app}/swap",
+            get(slots::swap_status).post(slots::swap),
+        )
+        .route("/apps/{app}/rollback", post(slots::rollback))
         .method_not_allowed_fallback(|| async {
             ApiError {
                 status: StatusCode::METHOD_NOT_ALLOWED,
@@ -129,7 +147,26 @@ pub fn token_hash(secret: &str) -> String {
     hex::encode(Sha256::digest(secret.as_bytes()))
 }
 
-async fn authenticate(State(c): State<Controller>, req: Request, next: Next) -> Response {
+/// Who made an API call: the role of its token (`admin`). Releases record it.
+#[derive(Debug, Clone)]
+pub(crate) struct Caller(pub String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, ApiError> {
+        parts
+            .extensions
+            .get::<Caller>()
+            .cloned()
+            .ok_or_else(|| ApiError::internal("no caller on an authenticated request"))
+    }
+}
+
+async fn authenticate(State(c): State<Controller>, mut req: Request, next: Next) -> Response {
     let token = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -143,7 +180,10 @@ async fn authenticate(State(c): State<Controller>, req: Request, next: Next) -> 
         .into_response();
     };
     match c.store().token_role(&token_hash(token)) {
-        Ok(Some(_role)) => next.run(req).await,
+        Ok(Some(role)) => {
+            req.extensions_mut().insert(Caller(role));
+            next.run(req).await
+        }
         Ok(None) => ApiError::unauthorized(
             "the bearer token is not one this stamp issued; use the token in <data dir>/admin-token",
         )
@@ -182,7 +222,7 @@ pub(crate) fn plan_name(s: &str) -> ApiResult<PlanName> {
 }
 
 impl Controller {
-    fn now(&self) -> Millis {
+    pub(crate) fn now(&self) -> Millis {
         self.inner.clock.now()
     }
 
@@ -211,30 +251,22 @@ impl Controller {
         desired: &[InstanceSpec],
         observed: &[ObservedInstance],
     ) -> wire::AppView {
-        let mine: Vec<&InstanceSpec> = desired.iter().filter(|d| d.key.app == app.name).collect();
-        let ready = observed
-            .iter()
-            .filter(|o| o.state == InstanceState::Ready && mine.contains(&&o.spec))
-            .count();
-        let stale = observed
-            .iter()
-            .filter(|o| o.spec.key.app == app.name && !mine.contains(&&o.spec))
-            .count();
         wire::AppView {
             name: app.name.to_string(),
             plan: app.plan.to_string(),
             hostname: format!("{}.{}", app.name, self.inner.config.domain),
             url: self.url(&app.name),
             release: release.map(|r| r.version),
-            instances: wire::InstanceCounts {
-                desired: mine.len() as u32,
-                ready: ready as u32,
-                stale: stale as u32,
-            },
+            instances: counts(&app.name, app.lane, desired, observed),
             site: site_view(&app.site),
             max_workers: app.max_workers,
             created_at: app.created_at.0,
         }
+    }
+
+    /// Instance counts of one lane of an app (a slot's instances).
+    pub(crate) fn lane_counts(&self, app: &AppName, lane: u32) -> wire::InstanceCounts {
+        counts(app, lane, &self.desired(), &self.observed())
     }
 
     pub(crate) fn plan_view(&self, plan: &Plan, apps: &[App]) -> ApiResult<wire::PlanView> {
@@ -317,9 +349,36 @@ fn access_rule_view(r: &AccessRule) -> wire::AccessRuleView {
     }
 }
 
-fn release_view(r: &Release) -> wire::ReleaseView {
+fn counts(
+    app: &AppName,
+    lane: u32,
+    desired: &[InstanceSpec],
+    observed: &[ObservedInstance],
+) -> wire::InstanceCounts {
+    let mine: Vec<&InstanceSpec> = desired
+        .iter()
+        .filter(|d| d.key.app == *app && d.key.lane == lane)
+        .collect();
+    let ready = observed
+        .iter()
+        .filter(|o| o.state == InstanceState::Ready && mine.contains(&&o.spec))
+        .count();
+    let stale = observed
+        .iter()
+        .filter(|o| o.spec.key.app == *app && o.spec.key.lane == lane && !mine.contains(&&o.spec))
+        .count();
+    wire::InstanceCounts {
+        desired: mine.len() as u32,
+        ready: ready as u32,
+        stale: stale as u32,
+    }
+}
+
+pub(crate) fn release_view(r: &Release) -> wire::ReleaseView {
     wire::ReleaseView {
         version: r.version,
+        slot: r.slot.to_string(),
+        actor: r.actor.clone(),
         artifact: r.artifact.as_ref().map(|d| d.to_string()),
         process_types: r
             .procfile
@@ -331,9 +390,10 @@ fn release_view(r: &Release) -> wire::ReleaseView {
     }
 }
 
-fn instance_view(o: &ObservedInstance) -> wire::InstanceView {
+fn instance_view(o: &ObservedInstance, slot: &SlotName) -> wire::InstanceView {
     wire::InstanceView {
         id: o.id.to_string(),
+        slot: slot.to_string(),
         process_type: o.spec.key.process_type.to_string(),
         worker: o.spec.key.worker.to_string(),
         release: o.spec.release,
@@ -744,6 +804,19 @@ async fn create_app(
         )),
         e => e.into(),
     })?;
+    // `<app>-<slot>` is a slot's hostname label: an app may not take one that is in use.
+    for (i, _) in name.as_str().match_indices('-') {
+        let (owner, slot) = (&name.as_str()[..i], &name.as_str()[i + 1..]);
+        if let (Ok(owner), Ok(slot)) = (AppName::parse(owner), SlotName::parse(slot))
+            && let Ok(owner) = c.store().app(&owner)
+            && owner.slot(&slot).is_some()
+        {
+            return Err(ApiError::conflict(format!(
+                "{name}.{} is the hostname of slot {slot} of app {}; pick another app name",
+                c.inner.config.domain, owner.name
+            )));
+        }
+    }
     let app = App {
         name,
         plan,
@@ -752,6 +825,9 @@ async fn create_app(
         site: stamp_model::SiteConfig::default(),
         max_workers: None,
         formation: Default::default(),
+        lane: 0,
+        slot_settings: Default::default(),
+        slots: Vec::new(),
         created_at: c.now(),
     };
     c.store().create_app(&app)?;
@@ -778,13 +854,17 @@ async fn delete_app(
 async fn restart_app(
     State(c): State<Controller>,
     Path(name): Path<String>,
+    Query(q): Query<wire::SlotQuery>,
 ) -> ApiResult<Json<wire::AppView>> {
     let name = app_name(&name)?;
+    let slot = slot_of(&q)?;
     let _w = c.inner.writer.lock().await;
-    let generation = c.store().bump_generation(&name)?;
+    find_slot(&c.store().app(&name)?, &slot)?;
+    ensure_not_swapping(&c, &name, &slot)?;
+    let generation = c.store().bump_slot_generation(&name, &slot)?;
     c.inner.logs.event(
         &name,
-        &format!("restart requested (generation {generation}): rolling"),
+        &format!("restart of slot {slot} requested (generation {generation}): rolling"),
     );
     c.synced()?;
     let app = c.store().app(&name)?;
@@ -888,11 +968,45 @@ async fn change_site(
 async fn update_app(
     State(c): State<Controller>,
     Path(name): Path<String>,
+    Query(q): Query<wire::SlotQuery>,
     JsonBody(req): JsonBody<wire::UpdateApp>,
 ) -> ApiResult<Json<wire::AppView>> {
     let name = app_name(&name)?;
+    let slot = slot_of(&q)?;
     let w = c.inner.writer.lock().await;
     let mut app = c.store().app(&name)?;
+    if !slot.is_production() {
+        // A slot's own front-end configuration; scale settings are production's (they stay
+        // with the plan and its production slot, as in Azure).
+        if req.max_workers.is_some() {
+            return Err(ApiError::invalid(
+                "--max-workers is a scale setting of the app, not of a slot; leave out --slot",
+            ));
+        }
+        let current = find_slot(&app, &slot)?;
+        let site = apply_update(current.site.clone(), &req)?;
+        if site != current.site {
+            ensure_not_swapping(&c, &name, &slot)?;
+            c.store().set_slot_site(&name, &slot, &site)?;
+            c.inner.logs.event(
+                &name,
+                &format!(
+                    "config: front end of slot {slot} updated: {}",
+                    describe_update(&req)
+                ),
+            );
+            c.synced()?;
+        }
+        drop(w);
+        app = c.store().app(&name)?;
+        let release = c.store().current_release(&name, &SlotName::production())?;
+        return Ok(Json(c.app_view(
+            &app,
+            release.as_ref(),
+            &c.desired(),
+            &c.observed(),
+        )));
+    }
     let site = apply_update(app.site.clone(), &req)?;
     site.validate().map_err(ApiError::invalid)?;
     let cap = match &req.max_workers {
@@ -1213,11 +1327,15 @@ async fn remove_certificate(
 
 async fn deploy(
     State(c): State<Controller>,
+    caller: Caller,
     Path(name): Path<String>,
+    Query(q): Query<wire::SlotQuery>,
     body: Body,
 ) -> ApiResult<(StatusCode, Json<wire::ReleaseView>)> {
     let name = app_name(&name)?;
-    c.store().app(&name)?;
+    let slot = slot_of(&q)?;
+    find_slot(&c.store().app(&name)?, &slot)?;
+    ensure_not_swapping(&c, &name, &slot)?;
     let limit = c.inner.config.max_upload_bytes;
     let mut writer = c.inner.blobs.writer(limit)?;
     let mut stream = body.into_data_stream();
@@ -1258,28 +1376,33 @@ async fn deploy(
         }
     };
 
-    let _w = c.inner.writer.lock().await;
+    let w = c.inner.writer.lock().await;
     let app = c.store().app(&name)?;
+    let settings = find_slot(&app, &slot)?.settings;
+    ensure_not_swapping(&c, &name, &slot)?;
     let release = c.store().create_release(
         &name,
-        &SlotName::production(),
+        &slot,
         NewRelease {
             artifact: Some(digest.clone()),
             procfile: Some(procfile),
-            settings: app.settings,
+            settings,
             description: format!("Deploy {}", digest.short()),
+            actor: caller.0,
             created_at: c.now(),
         },
     )?;
     c.inner.logs.event(
         &name,
         &format!(
-            "deploy: release v{} created from artifact {} ({size} bytes)",
+            "deploy: release v{} of slot {slot} created from artifact {} ({size} bytes)",
             release.version,
             digest.short()
         ),
     );
     c.synced()?;
+    c.auto_swap(&name, &slot);
+    drop(w);
     Ok((StatusCode::CREATED, Json(release_view(&release))))
 }
 
@@ -1310,24 +1433,36 @@ fn read_procfile(path: &std::path::Path) -> ApiResult<Vec<u8>> {
 async fn list_releases(
     State(c): State<Controller>,
     Path(name): Path<String>,
+    Query(q): Query<wire::SlotQuery>,
 ) -> ApiResult<Json<Vec<wire::ReleaseView>>> {
     let name = app_name(&name)?;
-    c.store().app(&name)?;
-    let releases = c.store().releases(&name, &SlotName::production())?;
+    let slot = slot_of(&q)?;
+    find_slot(&c.store().app(&name)?, &slot)?;
+    let releases = c.store().releases(&name, &slot)?;
     Ok(Json(releases.iter().map(release_view).collect()))
 }
 
+/// The app's instances, of every slot, or of `?slot=` only.
 async fn list_instances(
     State(c): State<Controller>,
     Path(name): Path<String>,
+    Query(q): Query<wire::SlotQuery>,
 ) -> ApiResult<Json<Vec<wire::InstanceView>>> {
     let name = app_name(&name)?;
-    c.store().app(&name)?;
+    let app = c.store().app(&name)?;
+    let only = match q.slot {
+        Some(_) => Some(find_slot(&app, &slot_of(&q)?)?.lane),
+        None => None,
+    };
+    let slots = app.all_slots();
     Ok(Json(
         c.observed()
             .iter()
-            .filter(|o| o.spec.key.app == name)
-            .map(instance_view)
+            .filter(|o| o.spec.key.app == name && only.is_none_or(|l| o.spec.key.lane == l))
+            .filter_map(|o| {
+                let slot = slots.iter().find(|s| s.lane == o.spec.key.lane)?;
+                Some(instance_view(o, &slot.name))
+            })
             .collect(),
     ))
 }
@@ -1337,54 +1472,80 @@ async fn list_instances(
 async fn show_settings(
     State(c): State<Controller>,
     Path(name): Path<String>,
+    Query(q): Query<wire::SlotQuery>,
 ) -> ApiResult<Json<wire::SettingsView>> {
     let app = c.store().app(&app_name(&name)?)?;
+    let slot = find_slot(&app, &slot_of(&q)?)?;
     Ok(Json(wire::SettingsView {
-        settings: app.settings.0,
+        settings: slot.settings.0,
+        slot_settings: app.slot_settings.into_iter().collect(),
         release: None,
     }))
 }
 
 async fn update_settings(
     State(c): State<Controller>,
+    caller: Caller,
     Path(name): Path<String>,
+    Query(q): Query<wire::SlotQuery>,
     JsonBody(req): JsonBody<wire::UpdateSettings>,
 ) -> ApiResult<Json<wire::SettingsView>> {
     let name = app_name(&name)?;
+    let slot = slot_of(&q)?;
     let _w = c.inner.writer.lock().await;
     let app = c.store().app(&name)?;
-    let next = app.settings.apply(&req.set, &req.unset)?;
-    if next == app.settings {
-        return Ok(Json(wire::SettingsView {
-            settings: next.0,
-            release: None,
-        }));
+    let current_settings = find_slot(&app, &slot)?.settings;
+    let next = current_settings.apply(&req.set, &req.unset)?;
+    // Marking names sticky (Azure's slotConfigNames) applies to the app, in every slot;
+    // unsetting a setting everywhere is the user's business, so names stay until unmarked.
+    let mut sticky = app.slot_settings.clone();
+    if req.slot_setting {
+        sticky.extend(req.set.keys().cloned());
     }
-    let current = c.store().current_release(&name, &SlotName::production())?;
-    let description = describe_settings_change(&app.settings, &next);
+    if next != current_settings || sticky != app.slot_settings {
+        ensure_not_swapping(&c, &name, &slot)?;
+    }
+    if sticky != app.slot_settings {
+        c.store().set_slot_settings(&name, &sticky)?;
+        c.inner.logs.event(
+            &name,
+            &format!(
+                "config: slot settings (stay with their slot in a swap) are now {}",
+                sticky.iter().cloned().collect::<Vec<_>>().join(", ")
+            ),
+        );
+    }
+    let view = |settings: Settings, release: Option<&Release>| wire::SettingsView {
+        settings: settings.0,
+        slot_settings: sticky.iter().cloned().collect(),
+        release: release.map(release_view),
+    };
+    if next == current_settings {
+        return Ok(Json(view(next, None)));
+    }
+    let current = c.store().current_release(&name, &slot)?;
+    let description = describe_settings_change(&current_settings, &next);
     let release = c.store().create_release(
         &name,
-        &SlotName::production(),
+        &slot,
         NewRelease {
             artifact: current.as_ref().and_then(|r| r.artifact.clone()),
             procfile: current.and_then(|r| r.procfile),
             settings: next.clone(),
             description: description.clone(),
+            actor: caller.0,
             created_at: c.now(),
         },
     )?;
     c.inner.logs.event(
         &name,
         &format!(
-            "config: release v{} created: {description}",
+            "config: slot {slot} release v{} created: {description}",
             release.version
         ),
     );
     c.synced()?;
-    Ok(Json(wire::SettingsView {
-        settings: next.0,
-        release: Some(release_view(&release)),
-    }))
+    Ok(Json(view(next, Some(&release))))
 }
 
 /// `Set A, B; unset C`: names only, never values (they may be secrets).

@@ -11,6 +11,7 @@ pub mod api;
 pub mod autoscale;
 mod error;
 mod quota;
+mod slots;
 pub mod workers;
 
 use std::path::PathBuf;
@@ -20,11 +21,11 @@ use stamp_artifact::BlobStore;
 use stamp_logs::LogBook;
 use stamp_model::sku::{self, Capacity};
 use stamp_model::{
-    AppName, Certificate, InstanceSpec, ObservedInstance, PoolStatus, PoolTarget, SiteConfig, Sku,
-    WallClock, WorkerLimits,
+    AppName, Certificate, InstanceSpec, ObservedInstance, PoolStatus, PoolTarget, Sku, WallClock,
+    WorkerLimits,
 };
 use stamp_placement::AppState;
-use stamp_routes::RouteTable;
+use stamp_routes::{RouteTable, SiteRoute};
 use stamp_store::Store;
 use tokio::sync::watch;
 
@@ -128,8 +129,10 @@ struct Inner {
     syncing: Mutex<()>,
     /// The last desired set given to the node, for status views.
     desired: Mutex<Vec<InstanceSpec>>,
-    /// Apps that exist with their front-end configuration, for the routing task.
-    apps: watch::Sender<Vec<(AppName, SiteConfig)>>,
+    /// Every slot of every app with its front-end configuration, for the routing task.
+    apps: watch::Sender<Vec<SiteRoute>>,
+    /// Each app's current or last swap, as the CLI follows it.
+    swaps: Mutex<std::collections::HashMap<AppName, stamp_api_types::SwapView>>,
     /// Set when the stamp stops: long-lived responses (log tails) end.
     stopping: watch::Sender<bool>,
     /// One-second samples of plan metrics, for autoscale.
@@ -164,6 +167,7 @@ impl Controller {
                 syncing: Mutex::new(()),
                 desired: Mutex::new(Vec::new()),
                 apps: watch::channel(Vec::new()).0,
+                swaps: Mutex::default(),
                 stopping: watch::channel(false).0,
                 metrics: autoscale::MetricStore::default(),
                 autoscale_memory: autoscale::RunMemory::default(),
@@ -185,6 +189,7 @@ impl Controller {
         let mut plans = store.plans()?;
         let apps = store.apps()?;
         let releases = store.current_releases()?;
+        let swaps = store.swaps()?;
         let states: Vec<AppState<'_>> = apps
             .iter()
             .map(|app| AppState {
@@ -192,6 +197,11 @@ impl Controller {
                 release: releases
                     .iter()
                     .find(|r| r.app == app.name && r.slot.is_production()),
+                slot_releases: releases
+                    .iter()
+                    .filter(|r| r.app == app.name && !r.slot.is_production())
+                    .collect(),
+                swap: swaps.iter().find(|s| s.app == app.name),
             })
             .collect();
         for plan in &mut plans {
@@ -212,10 +222,18 @@ impl Controller {
         *self.inner.desired.lock().unwrap_or_else(|p| p.into_inner()) = desired.clone();
         self.inner.apps.send_replace(
             apps.iter()
-                .map(|a| {
-                    let mut site = a.site.clone();
-                    site.stopped = stopped.contains(&a.name);
-                    (a.name.clone(), site)
+                .flat_map(|a| {
+                    a.all_slots().into_iter().map(|slot| {
+                        let mut site = slot.site;
+                        site.stopped = stopped.contains(&a.name);
+                        SiteRoute {
+                            app: a.name.clone(),
+                            slot: slot.name,
+                            lane: slot.lane,
+                            site,
+                            routing: slot.routing,
+                        }
+                    })
                 })
                 .collect(),
         );
@@ -361,7 +379,7 @@ impl Controller {
         let mut observed = self.inner.node.observed();
         let mut apps = self.inner.apps.subscribe();
         loop {
-            let table = RouteTable::build(
+            let table = RouteTable::build_slots(
                 &self.inner.config.domain,
                 &apps.borrow_and_update(),
                 &observed.borrow_and_update(),
@@ -412,9 +430,12 @@ mod tests {
             plan: stamp_model::PlanName::parse("p").unwrap(),
             settings: Default::default(),
             generation: 0,
-            site: SiteConfig::default(),
+            site: stamp_model::SiteConfig::default(),
             max_workers: None,
             formation: Default::default(),
+            lane: 0,
+            slot_settings: Default::default(),
+            slots: Vec::new(),
             created_at: stamp_model::Millis(0),
         };
         app.site.domains = vec!["www.example.com".into(), "*.shop.example.com".into()];

@@ -163,13 +163,7 @@ fn formation_view(c: &Controller, app: &App) -> ApiResult<wire::FormationView> {
     let release = c
         .store()
         .current_release(&app.name, &SlotName::production())?;
-    let demands = stamp_placement::demands(
-        &plan,
-        &[AppState {
-            app,
-            release: release.as_ref(),
-        }],
-    );
+    let demands = stamp_placement::demands(&plan, &[AppState::new(app, release.as_ref())]);
     let types = release
         .as_ref()
         .and_then(|r| r.procfile.as_ref())

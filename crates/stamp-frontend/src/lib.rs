@@ -22,6 +22,7 @@ mod error;
 mod forwarded;
 mod metrics;
 mod proxy;
+mod ramp;
 mod server;
 pub mod tls;
 mod upgrade;

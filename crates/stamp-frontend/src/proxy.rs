@@ -39,6 +39,7 @@ use crate::conn::ConnInfo;
 use crate::error::{FrontendError, PageContext, error_response};
 use crate::forwarded;
 use crate::metrics::{self, AppCounters, AppMetrics, GlobalErrors, InstanceCounters};
+use crate::ramp;
 use crate::upgrade;
 
 pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -370,12 +371,47 @@ impl Inner {
             }
             Lookup::App(route) => route,
         };
+        // Testing in production: a production route with routing rules may hand the request to
+        // one of its slots, which then serves it as if its own host had been asked for.
+        let (route, routing_cookie) = if route.ramp.is_empty() {
+            (route, None)
+        } else {
+            ramp::choose(
+                &snapshot.table,
+                route,
+                request.uri(),
+                request.headers(),
+                conn.tls.is_some(),
+                || rand::random::<u32>() % 100,
+            )
+        };
         let cx = AppCx {
             route,
             state: &snapshot.apps[route.index()],
             host: host_str,
             domain: snapshot.table.domain(),
         };
+        let mut response = self
+            .serve_app(&cx, request, &host, conn, start, request_id)
+            .await;
+        if let Some(cookie) = routing_cookie {
+            response.headers_mut().append(SET_COOKIE, cookie);
+        }
+        response
+    }
+
+    /// Answers a request for the app route `cx.route`: its front-end rules, then the request
+    /// forwarded to one of its instances.
+    async fn serve_app(
+        &self,
+        cx: &AppCx<'_>,
+        request: Request<Incoming>,
+        host: &HeaderValue,
+        conn: &ConnInfo,
+        start: Instant,
+        request_id: &HeaderValue,
+    ) -> Response<ResponseBody> {
+        let route = cx.route;
         let site = &*route.site;
 
         let peer = conn.peer_ip();
@@ -386,19 +422,19 @@ impl Inner {
             peer
         };
         if !site.allows(client_ip) {
-            return self.app_error(FrontendError::AccessDenied, &cx, start);
+            return self.app_error(FrontendError::AccessDenied, cx, start);
         }
         if site.stopped {
-            return self.app_error(FrontendError::AppStopped, &cx, start);
+            return self.app_error(FrontendError::AppStopped, cx, start);
         }
         if site.https_only && conn.tls.is_none() {
-            return self.redirect_to_https(&request, &cx, start);
+            return self.redirect_to_https(&request, cx, start);
         }
         if request.body().size_hint().lower() > self.config.max_request_body {
-            return self.app_error(FrontendError::RequestTooLarge, &cx, start);
+            return self.app_error(FrontendError::RequestTooLarge, cx, start);
         }
         if route.backends.is_empty() || cx.state.instances.is_empty() {
-            return self.app_error(FrontendError::NoReadyInstance, &cx, start);
+            return self.app_error(FrontendError::NoReadyInstance, cx, start);
         }
         let forwarding = Forwarding {
             host: host.clone(),
@@ -407,9 +443,9 @@ impl Inner {
             conn,
             request_id,
         };
-        match self.forward(&cx, request, forwarding, start).await {
+        match self.forward(cx, request, forwarding, start).await {
             Ok(response) => response,
-            Err(error) => self.app_error(error, &cx, start),
+            Err(error) => self.app_error(error, cx, start),
         }
     }
 

@@ -18,13 +18,14 @@ pub fn spec_in(
     InstanceSpec {
         key: InstanceKey {
             app: AppName::parse(app).expect("valid app name"),
-            slot: SlotName::parse(slot).expect("valid slot name"),
+            lane: u32::from(slot != "production"),
             process_type: ProcessType::parse(process_type).expect("valid process type"),
             worker: WorkerId {
                 plan: PlanName::parse("p").expect("valid plan name"),
                 index: worker,
             },
         },
+        slot: SlotName::parse(slot).expect("valid slot name"),
         release,
         generation: 0,
         artifact: Digest::parse(&"ab".repeat(32)).expect("valid digest"),

@@ -17,6 +17,7 @@ pub mod records;
 pub mod settings;
 pub mod site;
 pub mod sku;
+pub mod slots;
 pub mod spec;
 pub mod time;
 pub mod usage;
@@ -27,6 +28,7 @@ pub use records::{App, AutoscaleRecord, AutoscaleRun, Certificate, Placement, Pl
 pub use settings::{SettingError, Settings};
 pub use site::{AccessAction, AccessRule, Balancing, HealthCheck, SiteConfig};
 pub use sku::{Sku, Tier};
+pub use slots::{LaneConfig, Slot, Swap, SwapPhase};
 pub use spec::{
     InstanceKey, InstanceSpec, InstanceState, ObservedInstance, PoolStatus, PoolTarget, WorkerId,
     WorkerLimits,

@@ -8,6 +8,7 @@ use crate::names::{AppName, Digest, PlanName, ProcessType, SlotName};
 use crate::procfile::Procfile;
 use crate::settings::Settings;
 use crate::site::SiteConfig;
+use crate::slots::Slot;
 use crate::time::Millis;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,7 +45,50 @@ pub struct App {
     /// Heroku's formation: instances per process type. `web` defaults to one per worker the app
     /// may use; other types default to 0.
     pub formation: BTreeMap<ProcessType, u32>,
+    /// The lane production serves from (see [`crate::slots`]).
+    pub lane: u32,
+    /// Azure's `slotConfigNames`: settings that stay with their slot in a swap, in every slot.
+    pub slot_settings: BTreeSet<String>,
+    /// The app's other slots, by name.
+    pub slots: Vec<Slot>,
     pub created_at: Millis,
+}
+
+impl App {
+    /// Production as a [`Slot`]: its settings, generation and site are the app's.
+    pub fn production(&self) -> Slot {
+        Slot {
+            name: SlotName::production(),
+            lane: self.lane,
+            settings: self.settings.clone(),
+            generation: self.generation,
+            site: self.site.clone(),
+            auto_swap_to: None,
+            routing: None,
+            created_at: self.created_at,
+        }
+    }
+
+    /// Every slot, production first.
+    pub fn all_slots(&self) -> Vec<Slot> {
+        let mut all = vec![self.production()];
+        all.extend(self.slots.iter().cloned());
+        all
+    }
+
+    /// The slot named `name` (production included).
+    pub fn slot(&self, name: &SlotName) -> Option<Slot> {
+        if name.is_production() {
+            return Some(self.production());
+        }
+        self.slots.iter().find(|s| &s.name == name).cloned()
+    }
+
+    /// The lowest lane none of the app's slots uses, for a new slot.
+    pub fn free_lane(&self) -> u32 {
+        let used: BTreeSet<u32> = self.all_slots().iter().map(|s| s.lane).collect();
+        (0..).find(|l| !used.contains(l)).unwrap_or(0)
+    }
 }
 
 /// Immutable once created: code (artifact and Procfile) plus a settings snapshot.
@@ -60,6 +104,8 @@ pub struct Release {
     pub settings: Settings,
     /// What changed, e.g. `Deploy 3f9a1c2b7d10` or `Set GREETING`.
     pub description: String,
+    /// Who made it: the API caller's role, or `stamp` for releases the platform made.
+    pub actor: String,
     pub created_at: Millis,
 }
 

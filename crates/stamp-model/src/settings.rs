@@ -75,6 +75,13 @@ pub fn check_value(name: &str, value: &str) -> Result<(), SettingError> {
             }
         }
     }
+    if let Some(what) = crate::slots::check_warmup_value(name, value) {
+        return Err(SettingError::BadValue {
+            name: name.to_string(),
+            what,
+            value: value.to_string(),
+        });
+    }
     if value.contains('\0') {
         return Err(SettingError::BadValue {
             name: name.to_string(),

@@ -28,7 +28,9 @@ impl fmt::Display for WorkerId {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct InstanceKey {
     pub app: AppName,
-    pub slot: SlotName,
+    /// The lane (see [`crate::slots`]): which slot the instance serves is the slot that owns
+    /// its lane now, which a swap changes without restarting it.
+    pub lane: u32,
     pub process_type: ProcessType,
     pub worker: WorkerId,
 }
@@ -38,6 +40,8 @@ pub struct InstanceKey {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstanceSpec {
     pub key: InstanceKey,
+    /// The slot whose configuration (release, settings) this instance runs: `WEBSITE_SLOT_NAME`.
+    pub slot: SlotName,
     /// Release number (vN) of the slot this instance runs.
     pub release: u32,
     /// Bumped by `stamp app restart`, so equal releases still get fresh instances.

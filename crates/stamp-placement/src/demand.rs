@@ -31,7 +31,8 @@ pub fn cap(plan: &Plan, app: &stamp_model::App) -> u32 {
 /// The demands of `plan`'s apps, sorted by app then process type. Apps of other plans and apps
 /// without deployed code (no release, or a release without artifact or Procfile) demand nothing.
 ///
-/// One demand per process type of the release's Procfile, except `release` (Heroku's
+/// One demand per process type of the Procfile of any slot's release (slots run on the workers
+/// production's placement gives the app; see [`crate::AppState::lanes`]), except `release` (Heroku's
 /// release-phase command): `web` defaults to the app's cap, other types to 0, and a formation
 /// entry overrides the default. Every count is clipped to the cap. Formation entries for types
 /// the Procfile lacks demand nothing (Heroku keeps them at 0 until a Procfile defines the type).
@@ -43,14 +44,13 @@ pub fn demands(plan: &Plan, apps: &[AppState<'_>]) -> Vec<Demand> {
         if app.plan != plan.name {
             continue;
         }
-        let Some(release) = state.release else {
-            continue;
-        };
-        let (Some(_), Some(procfile)) = (&release.artifact, &release.procfile) else {
-            continue;
-        };
         let cap = cap(plan, app);
-        for process_type in procfile.processes.keys() {
+        let lanes = state.lanes();
+        let types: std::collections::BTreeSet<&ProcessType> = lanes
+            .iter()
+            .flat_map(|(_, config)| config.procfile.processes.keys())
+            .collect();
+        for process_type in types {
             if !is_formation_type(process_type) {
                 continue;
             }

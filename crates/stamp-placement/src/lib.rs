@@ -64,17 +64,74 @@ pub use demand::{Demand, cap, demands};
 pub use place::place;
 
 use stamp_model::{
-    InstanceKey, InstanceSpec, Millis, Placement, Plan, Release, Sku, SlotName, WorkerId,
+    InstanceKey, InstanceSpec, LaneConfig, Millis, Placement, Plan, Release, Sku, Swap, WorkerId,
     WorkerLimits,
 };
 
 /// How long an instance may take to accept connections on `$PORT` (Azure's default start limit).
 pub const DEFAULT_START_TIMEOUT: Millis = Millis::from_secs(230);
 
-/// One app with the release its production slot runs.
+/// One app with the release its production slot runs, its other slots' current releases and
+/// its swap in progress.
 pub struct AppState<'a> {
     pub app: &'a stamp_model::App,
     pub release: Option<&'a Release>,
+    /// The current release of each non-production slot that has one.
+    pub slot_releases: Vec<&'a Release>,
+    pub swap: Option<&'a Swap>,
+}
+
+impl<'a> AppState<'a> {
+    /// An app with only a production slot and no swap.
+    pub fn new(app: &'a stamp_model::App, release: Option<&'a Release>) -> AppState<'a> {
+        AppState {
+            app,
+            release,
+            slot_releases: Vec::new(),
+            swap: None,
+        }
+    }
+
+    /// What each of the app's slots runs, by lane, production first: a swap's source runs the
+    /// swap's `source_config`; any other slot its current release, if that has code.
+    pub fn lanes(&self) -> Vec<(u32, LaneConfig)> {
+        let mut out = Vec::new();
+        for slot in self.app.all_slots() {
+            if let Some(swap) = self.swap
+                && swap.source == slot.name
+            {
+                out.push((slot.lane, swap.source_config.clone()));
+                continue;
+            }
+            let release = if slot.name.is_production() {
+                self.release
+            } else {
+                self.slot_releases
+                    .iter()
+                    .copied()
+                    .find(|r| r.slot == slot.name)
+            };
+            let Some(release) = release else {
+                continue;
+            };
+            let (Some(artifact), Some(procfile)) = (&release.artifact, &release.procfile) else {
+                continue;
+            };
+            out.push((
+                slot.lane,
+                LaneConfig {
+                    slot: slot.name.clone(),
+                    release: release.version,
+                    generation: slot.generation,
+                    artifact: artifact.clone(),
+                    procfile: procfile.clone(),
+                    settings: release.settings.clone(),
+                    health_check: slot.site.health_check.clone(),
+                },
+            ));
+        }
+        out
+    }
 }
 
 /// The placement `plan` should store now: [`demands`] of its apps placed with [`place`] from
@@ -89,10 +146,11 @@ pub fn next_placement(plan: &Plan, apps: &[AppState<'_>]) -> Placement {
     )
 }
 
-/// The desired instances of every app in `plans`, sorted by key: one per (app, process type,
-/// worker) of each plan's stored `placement`, for workers the plan still has and process types
-/// the app's current release still defines (never `release`, the release-phase command). Apps
-/// without deployed code run nothing.
+/// The desired instances of every app in `plans`, sorted by key: one per (app, lane, process
+/// type, worker) of each plan's stored `placement`, for workers the plan still has and process
+/// types the lane's configuration defines (never `release`, the release-phase command). Every
+/// slot of an app runs on the workers the placement gives the app (Azure: slots run on the same
+/// plan instances as production). Slots without deployed code run nothing.
 pub fn desired_instances(plans: &[Plan], apps: &[AppState<'_>]) -> Vec<InstanceSpec> {
     let mut out = Vec::new();
     for plan in plans {
@@ -101,43 +159,40 @@ pub fn desired_instances(plans: &[Plan], apps: &[AppState<'_>]) -> Vec<InstanceS
         let limits =
             WorkerLimits::of(&Sku::find(&plan.sku).unwrap_or(stamp_model::sku::CATALOG[0]));
         for state in apps.iter().filter(|s| s.app.plan == plan.name) {
-            let Some(release) = state.release else {
-                continue;
-            };
-            let (Some(artifact), Some(procfile)) = (&release.artifact, &release.procfile) else {
-                continue;
-            };
             let Some(types) = plan.placement.0.get(&state.app.name) else {
                 continue;
             };
-            for (process_type, workers) in types {
-                if !demand::is_formation_type(process_type) {
-                    continue;
-                }
-                let Some(command) = procfile.command(process_type) else {
-                    continue;
-                };
-                for &index in workers.iter().filter(|&&i| i < plan.workers) {
-                    out.push(InstanceSpec {
-                        key: InstanceKey {
-                            app: state.app.name.clone(),
-                            slot: SlotName::production(),
-                            process_type: process_type.clone(),
-                            worker: WorkerId {
-                                plan: plan.name.clone(),
-                                index,
+            for (lane, config) in state.lanes() {
+                for (process_type, workers) in types {
+                    if !demand::is_formation_type(process_type) {
+                        continue;
+                    }
+                    let Some(command) = config.procfile.command(process_type) else {
+                        continue;
+                    };
+                    for &index in workers.iter().filter(|&&i| i < plan.workers) {
+                        out.push(InstanceSpec {
+                            key: InstanceKey {
+                                app: state.app.name.clone(),
+                                lane,
+                                process_type: process_type.clone(),
+                                worker: WorkerId {
+                                    plan: plan.name.clone(),
+                                    index,
+                                },
                             },
-                        },
-                        release: release.version,
-                        generation: state.app.generation,
-                        artifact: artifact.clone(),
-                        command: command.to_string(),
-                        env: release.settings.0.clone(),
-                        grace_period: release.settings.grace_period(),
-                        start_timeout: DEFAULT_START_TIMEOUT,
-                        health_check: state.app.site.health_check.clone(),
-                        limits: limits.clone(),
-                    });
+                            slot: config.slot.clone(),
+                            release: config.release,
+                            generation: config.generation,
+                            artifact: config.artifact.clone(),
+                            command: command.to_string(),
+                            env: config.settings.0.clone(),
+                            grace_period: config.settings.grace_period(),
+                            start_timeout: DEFAULT_START_TIMEOUT,
+                            health_check: config.health_check.clone(),
+                            limits: limits.clone(),
+                        });
+                    }
                 }
             }
         }

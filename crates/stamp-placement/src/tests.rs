@@ -31,6 +31,9 @@ fn app(name: &str, plan: &str) -> App {
         site: Default::default(),
         max_workers: None,
         formation: Default::default(),
+        lane: 0,
+        slot_settings: Default::default(),
+        slots: Vec::new(),
         created_at: Millis::ZERO,
     }
 }
@@ -61,6 +64,7 @@ fn release_with(app: &str, version: u32, procfile: Option<&str>) -> Release {
         procfile: procfile.map(|p| Procfile::parse(p).unwrap()),
         settings: Settings([("GREETING".to_string(), "hi".to_string())].into()),
         description: String::new(),
+        actor: String::new(),
         created_at: Millis::ZERO,
     }
 }
@@ -72,10 +76,7 @@ fn release(app: &str, version: u32, deployed: bool) -> Release {
 fn states<'a>(pairs: &'a [(App, Release)]) -> Vec<AppState<'a>> {
     pairs
         .iter()
-        .map(|(app, release)| AppState {
-            app,
-            release: Some(release),
-        })
+        .map(|(app, release)| AppState::new(app, Some(release)))
         .collect()
 }
 
@@ -289,18 +290,9 @@ fn only_deployed_apps_of_the_plan_demand() {
     let (a, b, c) = (app("a", "p"), app("b", "p"), app("c", "q"));
     let (settings_only, rc) = (release("b", 1, false), release("c", 1, true));
     let apps = [
-        AppState {
-            app: &a,
-            release: None,
-        },
-        AppState {
-            app: &b,
-            release: Some(&settings_only),
-        },
-        AppState {
-            app: &c,
-            release: Some(&rc),
-        },
+        AppState::new(&a, None),
+        AppState::new(&b, Some(&settings_only)),
+        AppState::new(&c, Some(&rc)),
     ];
     check_demands(&plan("p", 2), &apps, "");
     check_demands(&plan("q", 2), &apps, "c web 2; c worker 0");
@@ -734,22 +726,8 @@ fn nothing_runs_without_code() {
     let mut p = plan("p", 2);
     p.placement = parse_placement("a web 0 1");
     let plans = [p];
-    check(
-        &plans,
-        &[AppState {
-            app: &a,
-            release: None,
-        }],
-        &[],
-    );
-    check(
-        &plans,
-        &[AppState {
-            app: &a,
-            release: Some(&settings_only),
-        }],
-        &[],
-    );
+    check(&plans, &[AppState::new(&a, None)], &[]);
+    check(&plans, &[AppState::new(&a, Some(&settings_only))], &[]);
 }
 
 #[test]
@@ -766,5 +744,92 @@ fn specs_carry_settings_grace_period_and_limits() {
     assert_eq!(
         specs[0].limits,
         WorkerLimits::of(&Sku::find("P1v3").unwrap())
+    );
+}
+
+#[test]
+fn slots_run_on_the_apps_workers_and_a_swap_source_runs_its_swap_config() {
+    let mut a = app("a", "p");
+    a.slots.push(stamp_model::Slot {
+        name: SlotName::parse("staging").unwrap(),
+        lane: 1,
+        settings: Settings::default(),
+        generation: 3,
+        site: Default::default(),
+        auto_swap_to: None,
+        routing: None,
+        created_at: Millis::ZERO,
+    });
+    // Only staging has code: the app still demands its web type.
+    let mut staged = release_with("a", 4, Some("web: new"));
+    staged.slot = SlotName::parse("staging").unwrap();
+    let state = AppState {
+        app: &a,
+        release: None,
+        slot_releases: vec![&staged],
+        swap: None,
+    };
+    let plans = placed(vec![plan("p", 2)], std::slice::from_ref(&state));
+    let specs = desired_instances(&plans, std::slice::from_ref(&state));
+    let shown: Vec<(u32, u32, String, u32, u64)> = specs
+        .iter()
+        .map(|s| {
+            (
+                s.key.lane,
+                s.key.worker.index,
+                s.slot.to_string(),
+                s.release,
+                s.generation,
+            )
+        })
+        .collect();
+    assert_eq!(
+        shown,
+        vec![
+            (1, 0, "staging".to_string(), 4, 3),
+            (1, 1, "staging".to_string(), 4, 3)
+        ]
+    );
+
+    // With production deployed and staging the source of a swap, staging's lane runs the swap's
+    // configuration (production's identity and next release number); production is untouched.
+    let prod = release_with("a", 9, Some("web: old"));
+    let mut config = state.lanes()[0].1.clone();
+    config.slot = SlotName::production();
+    config.release = 10;
+    let swap = stamp_model::Swap {
+        app: a.name.clone(),
+        source: SlotName::parse("staging").unwrap(),
+        target: SlotName::production(),
+        preview: false,
+        phase: stamp_model::SwapPhase::Applying,
+        source_config: config,
+        started_at: Millis::ZERO,
+    };
+    let state = AppState {
+        app: &a,
+        release: Some(&prod),
+        slot_releases: vec![&staged],
+        swap: Some(&swap),
+    };
+    let specs = desired_instances(&plans, std::slice::from_ref(&state));
+    let shown: Vec<(u32, String, u32, &str)> = specs
+        .iter()
+        .filter(|s| s.key.worker.index == 0)
+        .map(|s| {
+            (
+                s.key.lane,
+                s.slot.to_string(),
+                s.release,
+                s.command.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        shown,
+        vec![
+            (0, "production".to_string(), 9, "old"),
+            (1, "production".to_string(), 10, "new")
+        ]
     );
 }

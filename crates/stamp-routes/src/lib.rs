@@ -8,13 +8,15 @@
 //! randomness come in as arguments. No IO, no async runtime, no clock.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use stamp_model::site::DEFAULT_MAX_UNHEALTHY_PERCENT;
-use stamp_model::{AppName, Balancing, InstanceId, InstanceState, ObservedInstance, SiteConfig};
+use stamp_model::{
+    AppName, Balancing, InstanceId, InstanceState, ObservedInstance, SiteConfig, SlotName,
+};
 
 /// One instance in rotation: where the front end sends requests.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,12 +25,52 @@ pub struct Backend {
     pub addr: SocketAddr,
 }
 
-/// An app's configuration, its backends and its round-robin cursor.
+/// One slot of an app as the table serves it: the slot's own front-end configuration, the lane
+/// its instances run on (see `stamp_model::slots`) and, for a non-production slot, its share of
+/// production's clients.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SiteRoute {
+    pub app: AppName,
+    pub slot: SlotName,
+    pub lane: u32,
+    pub site: SiteConfig,
+    /// Azure's ramp-up rule of a non-production slot: `None`, no rule (no random routing, no
+    /// opt-in); `Some(0)`, opt-in only; `Some(p)`, `p` % of production's new clients.
+    pub routing: Option<u8>,
+}
+
+impl From<(AppName, SiteConfig)> for SiteRoute {
+    /// A production slot on lane 0.
+    fn from((app, site): (AppName, SiteConfig)) -> SiteRoute {
+        SiteRoute {
+            app,
+            slot: SlotName::production(),
+            lane: 0,
+            site,
+            routing: None,
+        }
+    }
+}
+
+/// A slot that takes part of production's traffic (Azure's `rampUpRules`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ramp {
+    pub slot: SlotName,
+    /// Share of new clients, 0–100 (0: only clients who opt in).
+    pub percent: u8,
+    /// The slot's route in [`RouteTable::routes`].
+    pub route: usize,
+}
+
+/// An app slot's configuration, its backends and its round-robin cursor.
 #[derive(Debug)]
 pub struct AppRoute {
     pub app: AppName,
+    pub slot: SlotName,
     pub site: Arc<SiteConfig>,
     pub backends: Vec<Backend>,
+    /// On production routes only: the slots that take a share of its clients, in slot order.
+    pub ramp: Vec<Ramp>,
     /// Position in [`RouteTable::routes`], so the front end can keep per-app state in a plain
     /// vector next to the table instead of hashing the name on every request.
     index: usize,
@@ -41,8 +83,10 @@ impl AppRoute {
     pub fn new(app: AppName, site: Arc<SiteConfig>, backends: Vec<Backend>) -> AppRoute {
         AppRoute {
             app,
+            slot: SlotName::production(),
             site,
             backends,
+            ramp: Vec::new(),
             index: 0,
             cursor: AtomicUsize::new(0),
         }
@@ -145,44 +189,64 @@ impl RouteTable {
         RouteTable::build(domain, &[], &[])
     }
 
-    /// Hosts are `<app>.<domain>` for every app in `apps`, plus each app's custom domains
-    /// ([`SiteConfig::domains`]): exact names, and wildcards `*.example.com` that match one more
-    /// label (`www.example.com`, not `example.com` nor `a.b.example.com`). When two apps claim
-    /// the same custom domain, the first in `apps` gets it (the controller should not let that
-    /// happen); a later duplicate of an app name is ignored.
-    ///
-    /// An app's backends are its observed instances that are [`InstanceState::Ready`], of
-    /// process type `web`, in slot `production`, at `127.0.0.1:<port>`, ordered by worker index
-    /// then instance id, so the round-robin order is the same in every snapshot built from the
-    /// same state; minus unhealthy ones as Azure's health check removes them (see
-    /// [`unhealthy_to_exclude`]). Instances of apps not in `apps` are ignored (the app is being
-    /// deleted, or the observation is stale).
+    /// Production slots only: [`RouteTable::build_slots`] with each app's production on lane 0.
     pub fn build(
         domain: &str,
         apps: &[(AppName, SiteConfig)],
         instances: &[ObservedInstance],
     ) -> RouteTable {
-        let mut index_of: HashMap<&AppName, usize> = HashMap::with_capacity(apps.len());
-        let mut sites: Vec<(&AppName, &SiteConfig)> = Vec::with_capacity(apps.len());
-        for (app, site) in apps {
-            if !index_of.contains_key(app) {
-                index_of.insert(app, sites.len());
-                sites.push((app, site));
+        let sites: Vec<SiteRoute> = apps.iter().cloned().map(SiteRoute::from).collect();
+        RouteTable::build_slots(domain, &sites, instances)
+    }
+
+    /// Hosts are `<app>.<domain>` for every production slot in `sites` and `<app>-<slot>.<domain>`
+    /// for every other slot (an app's own name wins over a slot host that spells the same
+    /// label), plus each production slot's custom domains
+    /// ([`SiteConfig::domains`]): exact names, and wildcards `*.example.com` that match one more
+    /// label (`www.example.com`, not `example.com` nor `a.b.example.com`). When two apps claim
+    /// the same custom domain, the first in `apps` gets it (the controller should not let that
+    /// happen); a later duplicate of an app name is ignored.
+    ///
+    /// A slot's backends are its app's observed instances on its lane that are
+    /// [`InstanceState::Ready`], of process type `web`, at `127.0.0.1:<port>`, ordered by worker index
+    /// then instance id, so the round-robin order is the same in every snapshot built from the
+    /// same state; minus unhealthy ones as Azure's health check removes them (see
+    /// [`unhealthy_to_exclude`]). Instances of apps not in `apps` are ignored (the app is being
+    /// deleted, or the observation is stale).
+    ///
+    /// A production route's [`AppRoute::ramp`] lists its app's slots with a routing rule.
+    pub fn build_slots(
+        domain: &str,
+        all: &[SiteRoute],
+        instances: &[ObservedInstance],
+    ) -> RouteTable {
+        let mut index_of: HashMap<(&AppName, u32), usize> = HashMap::with_capacity(all.len());
+        let mut slot_seen: HashSet<(&AppName, &SlotName)> = HashSet::with_capacity(all.len());
+        let mut sites: Vec<&SiteRoute> = Vec::with_capacity(all.len());
+        for site in all {
+            if !index_of.contains_key(&(&site.app, site.lane))
+                && slot_seen.insert((&site.app, &site.slot))
+            {
+                index_of.insert((&site.app, site.lane), sites.len());
+                sites.push(site);
             }
         }
         let mut ready: Vec<Vec<&ObservedInstance>> = vec![Vec::new(); sites.len()];
         for instance in instances {
             let key = &instance.spec.key;
-            if instance.state != InstanceState::Ready
-                || !key.process_type.is_web()
-                || !key.slot.is_production()
-            {
+            if instance.state != InstanceState::Ready || !key.process_type.is_web() {
                 continue;
             }
-            if let Some(&index) = index_of.get(&key.app) {
+            if let Some(&index) = index_of.get(&(&key.app, key.lane)) {
                 ready[index].push(instance);
             }
         }
+        let production_of: HashMap<&AppName, usize> = sites
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.slot.is_production())
+            .map(|(i, s)| (&s.app, i))
+            .collect();
 
         let mut table = RouteTable {
             domain: normalise_domain(domain),
@@ -191,7 +255,10 @@ impl RouteTable {
             by_domain: HashMap::new(),
             by_wildcard: HashMap::new(),
         };
-        for (index, ((app, site), mut list)) in sites.into_iter().zip(ready).enumerate() {
+        let mut slot_labels = Vec::new();
+        let mut ramps: Vec<(usize, Ramp)> = Vec::new();
+        for (index, (entry, mut list)) in sites.iter().zip(ready).enumerate() {
+            let (app, site) = (&entry.app, &entry.site);
             list.sort_by(|a, b| {
                 (a.spec.key.worker.index, &a.id).cmp(&(b.spec.key.worker.index, &b.id))
             });
@@ -215,6 +282,25 @@ impl RouteTable {
                     addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), i.port),
                 })
                 .collect();
+            if !entry.slot.is_production() {
+                slot_labels.push((format!("{app}-{}", entry.slot), index));
+                if let (Some(percent), Some(&production)) = (entry.routing, production_of.get(app))
+                {
+                    ramps.push((
+                        production,
+                        Ramp {
+                            slot: entry.slot.clone(),
+                            percent: percent.min(100),
+                            route: index,
+                        },
+                    ));
+                }
+                let mut route = AppRoute::new(app.clone(), Arc::new(site.clone()), backends);
+                route.slot = entry.slot.clone();
+                route.index = index;
+                table.routes.push(route);
+                continue;
+            }
             table.by_label.insert(app.as_str().to_string(), index);
             for name in &site.domains {
                 let name = normalise_domain(name);
@@ -227,6 +313,12 @@ impl RouteTable {
             let mut route = AppRoute::new(app.clone(), Arc::new(site.clone()), backends);
             route.index = index;
             table.routes.push(route);
+        }
+        for (label, index) in slot_labels {
+            table.by_label.entry(label).or_insert(index);
+        }
+        for (production, ramp) in ramps {
+            table.routes[production].ramp.push(ramp);
         }
         table
     }
@@ -779,5 +871,54 @@ mod tests {
         assert_eq!(ports, [1, 2, 3]);
         assert_eq!(table.domain(), "localhost");
         assert_eq!(RouteTable::empty("LocalHost.").domain(), "localhost");
+    }
+
+    #[test]
+    fn slots_have_their_own_hosts_lanes_and_ramp() {
+        use InstanceState::Ready;
+        let slot = |app_name: &str, name: &str, lane: u32, routing: Option<u8>| SiteRoute {
+            app: app(app_name),
+            slot: SlotName::parse(name).expect("valid slot"),
+            lane,
+            site: SiteConfig::default(),
+            routing,
+        };
+        let sites = [
+            // After a swap production serves from lane 1 and staging from lane 0.
+            slot("hello", "production", 1, None),
+            slot("hello", "staging", 0, Some(30)),
+            slot("hello", "qa", 2, None),
+            // An app whose name spells hello's `staging` slot host keeps its own host.
+            slot("hello-qa", "production", 0, None),
+        ];
+        let instances = [
+            instance("hello", "lane0", 0, Ready, "web", "production", 1),
+            instance("hello", "lane1", 0, Ready, "web", "staging", 2),
+        ];
+        let table = RouteTable::build_slots("localhost", &sites, &instances);
+        let route = |host: &str| match table.lookup(host) {
+            Lookup::App(r) => (r.app.to_string(), r.slot.to_string(), ids(r)),
+            Lookup::NoSuchApp => panic!("{host} should be routed"),
+        };
+        assert_eq!(
+            route("hello.localhost"),
+            (
+                "hello".into(),
+                "production".into(),
+                vec!["lane1".to_string()]
+            )
+        );
+        assert_eq!(
+            route("hello-staging.localhost"),
+            ("hello".into(), "staging".into(), vec!["lane0".to_string()])
+        );
+        assert_eq!(route("hello-qa.localhost").0, "hello-qa");
+        let Lookup::App(production) = table.lookup("hello.localhost") else {
+            unreachable!()
+        };
+        assert_eq!(production.ramp.len(), 1, "qa has no routing rule");
+        let ramp = &production.ramp[0];
+        assert_eq!((ramp.slot.as_str(), ramp.percent), ("staging", 30));
+        assert_eq!(table.routes()[ramp.route].slot.as_str(), "staging");
     }
 }

@@ -13,11 +13,15 @@
 //! Calls are synchronous and short; the controller makes them from async code and accepts the
 //! brief block (an fsync) rather than hopping threads for every statement.
 
+mod slots;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Mutex;
 
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
+pub use slots::SwapReleases;
+use slots::{insert_release, query_slots};
 use stamp_model::{
     App, AppName, AutoscaleRecord, AutoscaleRun, Certificate, Digest, Millis, Placement, Plan,
     PlanName, ProcessType, Procfile, Release, Settings, SiteConfig, SlotName,
@@ -134,6 +138,32 @@ CREATE TABLE cpu_used (
     PRIMARY KEY (app, day)
 );
 "#,
+    r#"
+-- Deployment slots. Production's settings, generation and site stay on `apps`; `lane` says
+-- which instances serve it, and a swap exchanges lanes.
+ALTER TABLE apps ADD COLUMN lane INTEGER NOT NULL DEFAULT 0;
+-- Azure's slotConfigNames: settings that stay with their slot (JSON array).
+ALTER TABLE apps ADD COLUMN slot_settings TEXT NOT NULL DEFAULT '[]';
+CREATE TABLE slots (
+    app             TEXT NOT NULL REFERENCES apps(name) ON DELETE CASCADE,
+    name            TEXT NOT NULL,
+    lane            INTEGER NOT NULL,
+    settings        TEXT NOT NULL,
+    generation      INTEGER NOT NULL DEFAULT 0,
+    site            TEXT NOT NULL DEFAULT '{}',
+    auto_swap_to    TEXT,
+    routing         INTEGER CHECK (routing BETWEEN 0 AND 100),
+    created_at      INTEGER NOT NULL,
+    PRIMARY KEY (app, name)
+);
+-- A swap in progress (JSON of stamp_model::Swap): one per app.
+CREATE TABLE swaps (
+    app         TEXT PRIMARY KEY REFERENCES apps(name) ON DELETE CASCADE,
+    swap        TEXT NOT NULL
+);
+-- Who made a release (the API caller's role, or the platform).
+ALTER TABLE releases ADD COLUMN actor TEXT NOT NULL DEFAULT '';
+"#,
 ];
 
 pub struct Store {
@@ -146,7 +176,58 @@ pub struct NewRelease {
     pub procfile: Option<Procfile>,
     pub settings: Settings,
     pub description: String,
+    /// Who asked for it.
+    pub actor: String,
     pub created_at: Millis,
+}
+
+/// Releases matching `filter` (a WHERE clause with its ORDER BY).
+fn releases_where(
+    c: &Connection,
+    filter: &str,
+    args: impl rusqlite::Params,
+) -> Result<Vec<Release>> {
+    {
+        let sql = format!(
+            "SELECT app, slot, version, artifact, procfile, settings, description, created_at, actor FROM releases {filter}"
+        );
+        let mut stmt = c.prepare(&sql)?;
+        let rows = stmt.query_map(args, |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, u32>(2)?,
+                r.get::<_, Option<String>>(3)?,
+                r.get::<_, Option<String>>(4)?,
+                r.get::<_, String>(5)?,
+                r.get::<_, String>(6)?,
+                r.get::<_, u64>(7)?,
+                r.get::<_, String>(8)?,
+            ))
+        })?;
+        rows.map(|row| {
+            let (app, slot, version, artifact, procfile, settings, description, created_at, actor) =
+                row?;
+            Ok(Release {
+                app: AppName::parse(&app).map_err(corrupt)?,
+                slot: SlotName::parse(&slot).map_err(corrupt)?,
+                version,
+                artifact: artifact
+                    .map(|d| Digest::parse(&d))
+                    .transpose()
+                    .map_err(corrupt)?,
+                procfile: procfile
+                    .map(|p| serde_json::from_str(&p))
+                    .transpose()
+                    .map_err(corrupt)?,
+                settings: serde_json::from_str(&settings).map_err(corrupt)?,
+                description,
+                actor,
+                created_at: Millis(created_at),
+            })
+        })
+        .collect()
+    }
 }
 
 fn corrupt(e: impl std::fmt::Display) -> StoreError {
@@ -375,8 +456,8 @@ impl Store {
             let settings = serde_json::to_string(&app.settings).map_err(corrupt)?;
             let site = site_json(&app.site)?;
             c.execute(
-                "INSERT INTO apps (name, plan, settings, generation, created_at, site, max_workers, formation)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "INSERT INTO apps (name, plan, settings, generation, created_at, site, max_workers, formation, lane, slot_settings)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
                 params![
                     app.name.as_str(),
                     app.plan.as_str(),
@@ -386,6 +467,8 @@ impl Store {
                     site,
                     app.max_workers,
                     serde_json::to_string(&app.formation).map_err(corrupt)?,
+                    app.lane,
+                    serde_json::to_string(&app.slot_settings).map_err(corrupt)?,
                 ],
             )
             .map_err(conflict("app", app.name.to_string()))?;
@@ -410,7 +493,8 @@ impl Store {
     fn query_apps(&self, only: Option<&str>) -> Result<Vec<App>> {
         self.with(|c| {
             let mut stmt = c.prepare(
-                "SELECT name, plan, settings, generation, created_at, site, max_workers, formation
+                "SELECT name, plan, settings, generation, created_at, site, max_workers, formation,
+                        lane, slot_settings
                  FROM apps WHERE ?1 IS NULL OR name = ?1 ORDER BY name",
             )?;
             let rows = stmt.query_map([only], |r| {
@@ -423,6 +507,8 @@ impl Store {
                     r.get::<_, String>(5)?,
                     r.get(6)?,
                     r.get::<_, String>(7)?,
+                    r.get::<_, u32>(8)?,
+                    r.get::<_, String>(9)?,
                 ))
             })?;
             let mut apps = rows
@@ -436,6 +522,8 @@ impl Store {
                         site,
                         max_workers,
                         formation,
+                        lane,
+                        slot_settings,
                     ) = row?;
                     Ok(App {
                         name: AppName::parse(&name).map_err(corrupt)?,
@@ -445,10 +533,19 @@ impl Store {
                         site: serde_json::from_str(&site).map_err(corrupt)?,
                         max_workers,
                         formation: serde_json::from_str(&formation).map_err(corrupt)?,
+                        lane,
+                        slot_settings: serde_json::from_str(&slot_settings).map_err(corrupt)?,
+                        slots: Vec::new(),
                         created_at: Millis(created_at),
                     })
                 })
                 .collect::<Result<Vec<App>>>()?;
+            for slot in query_slots(c, only)? {
+                let (app, slot) = slot?;
+                if let Some(a) = apps.iter_mut().find(|a| a.name.as_str() == app) {
+                    a.slots.push(slot);
+                }
+            }
             let mut stmt = c.prepare(
                 "SELECT domain, app FROM domains WHERE ?1 IS NULL OR app = ?1 ORDER BY domain",
             )?;
@@ -681,7 +778,7 @@ impl Store {
 
     // ---- releases
 
-    /// Creates the next release of the app's slot and makes its settings the app's settings,
+    /// Creates the next release of the app's slot and makes its settings the slot's settings,
     /// in one transaction.
     pub fn create_release(
         &self,
@@ -689,54 +786,7 @@ impl Store {
         slot: &SlotName,
         new: NewRelease,
     ) -> Result<Release> {
-        self.tx(|tx| {
-            let settings = serde_json::to_string(&new.settings).map_err(corrupt)?;
-            let updated = tx.execute(
-                "UPDATE apps SET settings = ?2 WHERE name = ?1",
-                params![app.as_str(), settings],
-            )?;
-            if updated == 0 {
-                return Err(StoreError::NotFound {
-                    kind: "app",
-                    name: app.to_string(),
-                });
-            }
-            let version: u32 = tx.query_row(
-                "SELECT coalesce(max(version), 0) + 1 FROM releases WHERE app = ?1 AND slot = ?2",
-                params![app.as_str(), slot.as_str()],
-                |r| r.get(0),
-            )?;
-            let procfile = new
-                .procfile
-                .as_ref()
-                .map(serde_json::to_string)
-                .transpose()
-                .map_err(corrupt)?;
-            tx.execute(
-                "INSERT INTO releases (app, slot, version, artifact, procfile, settings, description, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                params![
-                    app.as_str(),
-                    slot.as_str(),
-                    version,
-                    new.artifact.as_ref().map(|d| d.as_str()),
-                    procfile,
-                    settings,
-                    new.description,
-                    new.created_at.0
-                ],
-            )?;
-            Ok(Release {
-                app: app.clone(),
-                slot: slot.clone(),
-                version,
-                artifact: new.artifact,
-                procfile: new.procfile,
-                settings: new.settings,
-                description: new.description,
-                created_at: new.created_at,
-            })
-        })
+        self.tx(|tx| insert_release(tx, app, slot, new))
     }
 
     /// Releases of a slot, newest first.
@@ -760,45 +810,7 @@ impl Store {
     }
 
     fn query_releases(&self, filter: &str, args: impl rusqlite::Params) -> Result<Vec<Release>> {
-        self.with(|c| {
-            let sql = format!(
-                "SELECT app, slot, version, artifact, procfile, settings, description, created_at FROM releases {filter}"
-            );
-            let mut stmt = c.prepare(&sql)?;
-            let rows = stmt.query_map(args, |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, u32>(2)?,
-                    r.get::<_, Option<String>>(3)?,
-                    r.get::<_, Option<String>>(4)?,
-                    r.get::<_, String>(5)?,
-                    r.get::<_, String>(6)?,
-                    r.get::<_, u64>(7)?,
-                ))
-            })?;
-            rows.map(|row| {
-                let (app, slot, version, artifact, procfile, settings, description, created_at) =
-                    row?;
-                Ok(Release {
-                    app: AppName::parse(&app).map_err(corrupt)?,
-                    slot: SlotName::parse(&slot).map_err(corrupt)?,
-                    version,
-                    artifact: artifact
-                        .map(|d| Digest::parse(&d))
-                        .transpose()
-                        .map_err(corrupt)?,
-                    procfile: procfile
-                        .map(|p| serde_json::from_str(&p))
-                        .transpose()
-                        .map_err(corrupt)?,
-                    settings: serde_json::from_str(&settings).map_err(corrupt)?,
-                    description,
-                    created_at: Millis(created_at),
-                })
-            })
-            .collect()
-        })
+        self.with(|c| releases_where(c, filter, args))
     }
 
     /// Whether any release of any app uses this artifact.
@@ -1023,6 +1035,9 @@ mod tests {
             site: SiteConfig::default(),
             max_workers: None,
             formation: BTreeMap::new(),
+            lane: 0,
+            slot_settings: Default::default(),
+            slots: Vec::new(),
             created_at: Millis(6),
         }
     }
@@ -1033,6 +1048,7 @@ mod tests {
             procfile: deployed.then(|| Procfile::parse("web: run").unwrap()),
             settings: Settings([("GREETING".into(), greeting.into())].into()),
             description: format!("set {greeting}"),
+            actor: "admin".into(),
             created_at: Millis(7),
         }
     }
@@ -1230,5 +1246,100 @@ mod tests {
         assert!(!s.autoscale(&p).unwrap().enabled);
         s.delete_autoscale(&p).unwrap();
         assert!(s.autoscale_settings().unwrap().is_empty());
+    }
+
+    #[test]
+    fn slots_and_a_swap_flip_exchange_lanes_and_keep_sticky_settings() {
+        use stamp_model::{LaneConfig, Slot, Swap, SwapPhase};
+        let s = Store::in_memory().unwrap();
+        s.create_plan(&plan("p")).unwrap();
+        s.create_app(&app("a", "p")).unwrap();
+        let a = AppName::parse("a").unwrap();
+        let prod = SlotName::production();
+        let staging = SlotName::parse("staging").unwrap();
+        let settings = |pairs: &[(&str, &str)]| {
+            Settings(
+                pairs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            )
+        };
+        let slot = Slot {
+            name: staging.clone(),
+            lane: 1,
+            settings: settings(&[("DB", "staging-db")]),
+            generation: 0,
+            site: SiteConfig::default(),
+            auto_swap_to: None,
+            routing: None,
+            created_at: Millis(1),
+        };
+        s.create_slot(&a, &slot, "admin").unwrap();
+        assert!(matches!(
+            s.create_slot(&a, &slot, "admin"),
+            Err(StoreError::Conflict { .. })
+        ));
+        // Cloned settings make a settings-only first release.
+        assert_eq!(s.releases(&a, &staging).unwrap().len(), 1);
+        s.set_slot_settings(&a, &["DB".to_string()].into()).unwrap();
+
+        let mut old = new_release("old", true);
+        old.settings = settings(&[("GREETING", "old"), ("DB", "prod-db")]);
+        s.create_release(&a, &prod, old).unwrap();
+        let mut new = new_release("new", true);
+        new.settings = settings(&[("GREETING", "new"), ("DB", "staging-db")]);
+        new.artifact = Some(Digest::parse(&"c".repeat(64)).unwrap());
+        s.create_release(&a, &staging, new).unwrap();
+        let loaded = s.app(&a).unwrap();
+        assert_eq!(loaded.slots.len(), 1);
+        assert_eq!(loaded.slot(&staging).unwrap().settings.0["GREETING"], "new");
+
+        let swap = Swap {
+            app: a.clone(),
+            source: staging.clone(),
+            target: prod.clone(),
+            preview: false,
+            phase: SwapPhase::Applying,
+            source_config: LaneConfig {
+                slot: prod.clone(),
+                release: 2,
+                generation: 0,
+                artifact: Digest::parse(&"c".repeat(64)).unwrap(),
+                procfile: Procfile::parse("web: run").unwrap(),
+                settings: settings(&[("GREETING", "new"), ("DB", "prod-db")]),
+                health_check: None,
+            },
+            started_at: Millis(9),
+        };
+        s.start_swap(&swap).unwrap();
+        assert!(matches!(
+            s.start_swap(&swap),
+            Err(StoreError::Conflict { .. })
+        ));
+        assert_eq!(s.swaps().unwrap(), vec![swap.clone()]);
+
+        let made = s.complete_swap(&swap, "stamp", Millis(10)).unwrap();
+        assert_eq!(made.target.version, 2, "numbered as the swap said");
+        assert_eq!(made.target.settings.0["GREETING"], "new");
+        assert_eq!(made.target.settings.0["DB"], "prod-db");
+        assert_eq!(made.source.settings.0["GREETING"], "old");
+        assert_eq!(made.source.settings.0["DB"], "staging-db");
+        assert_eq!(
+            made.source.artifact,
+            Some(Digest::parse(&"b".repeat(64)).unwrap())
+        );
+        let after = s.app(&a).unwrap();
+        assert_eq!((after.lane, after.slot(&staging).unwrap().lane), (1, 0));
+        assert_eq!(after.settings.0["GREETING"], "new");
+        assert!(s.swap(&a).unwrap().is_none());
+        assert_eq!(
+            s.current_release(&a, &prod).unwrap().unwrap().actor,
+            "stamp"
+        );
+
+        s.delete_slot(&a, &staging).unwrap();
+        assert!(s.releases(&a, &staging).unwrap().is_empty());
+        assert!(s.app(&a).unwrap().slots.is_empty());
     }
 }

@@ -205,14 +205,14 @@ impl Process {
             .env("TMPDIR", &paths.tmp)
             .env("PORT", instance.port.to_string())
             .env("STAMP_APP", app.as_str())
-            .env("STAMP_SLOT", spec.key.slot.as_str())
+            .env("STAMP_SLOT", spec.slot.as_str())
             .env("STAMP_PROCESS_TYPE", spec.key.process_type.as_str())
             .env("STAMP_INSTANCE_ID", &instance.id.0)
             .env("STAMP_RELEASE", format!("v{}", spec.release))
             .env("WEBSITE_SITE_NAME", app.as_str())
             .env("WEBSITE_INSTANCE_ID", &instance.id.0)
-            .env("WEBSITE_SLOT_NAME", spec.key.slot.as_str())
-            .env("WEBSITE_HOSTNAME", format!("{app}.{domain}"))
+            .env("WEBSITE_SLOT_NAME", spec.slot.as_str())
+            .env("WEBSITE_HOSTNAME", hostname(app, &spec.slot, domain))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -413,6 +413,16 @@ async fn forward(stream: impl AsyncRead + Unpin, logs: LogBook, app: AppName, id
     }
     if !line.is_empty() {
         emit(&mut line);
+    }
+}
+
+/// The instance's public hostname: `<app>.<domain>`, or `<app>-<slot>.<domain>` for a slot's
+/// configuration (what `WEBSITE_HOSTNAME` is in Azure).
+fn hostname(app: &stamp_model::AppName, slot: &stamp_model::SlotName, domain: &str) -> String {
+    if slot.is_production() {
+        format!("{app}.{domain}")
+    } else {
+        format!("{app}-{slot}.{domain}")
     }
 }
 

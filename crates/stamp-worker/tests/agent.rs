@@ -143,13 +143,14 @@ impl Rig {
         InstanceSpec {
             key: InstanceKey {
                 app: self.app.clone(),
-                slot: SlotName::production(),
+                lane: 0,
                 process_type: ProcessType::web(),
                 worker: WorkerId {
                     plan: PlanName::parse("basic").unwrap(),
                     index: worker,
                 },
             },
+            slot: SlotName::production(),
             release,
             generation: 0,
             artifact: self.digest.clone(),

@@ -74,6 +74,9 @@ pub enum AppCmd {
     /// Restart every instance of an app, rolling.
     Restart {
         name: String,
+        /// The slot to restart (default production).
+        #[arg(long)]
+        slot: Option<String>,
         #[arg(long)]
         no_wait: bool,
     },
@@ -82,6 +85,9 @@ pub enum AppCmd {
 #[derive(clap::Args)]
 pub struct UpdateAppArgs {
     name: String,
+    /// The slot whose front-end configuration changes (default production).
+    #[arg(long)]
+    slot: Option<String>,
     /// Redirect HTTP to HTTPS (301).
     #[arg(long)]
     https_only: Option<bool>,
@@ -166,6 +172,9 @@ pub enum AccessCmd {
 pub struct AppArg {
     /// The app.
     app: String,
+    /// A deployment slot (default production; `stamp ps` without it shows every slot).
+    #[arg(long)]
+    slot: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -174,6 +183,9 @@ pub struct DeployArgs {
     path: PathBuf,
     #[arg(long)]
     app: String,
+    /// Deploy to this slot (default production).
+    #[arg(long)]
+    slot: Option<String>,
     /// Return once the release is created, without waiting for the rollout.
     #[arg(long)]
     no_wait: bool,
@@ -189,6 +201,12 @@ pub enum ConfigCmd {
         app: String,
         #[arg(required = true, value_name = "KEY=VALUE")]
         pairs: Vec<String>,
+        /// The slot (default production).
+        #[arg(long)]
+        slot: Option<String>,
+        /// Mark these settings as slot settings: they stay with their slot in a swap.
+        #[arg(long)]
+        slot_setting: bool,
         #[arg(long)]
         no_wait: bool,
     },
@@ -197,11 +215,19 @@ pub enum ConfigCmd {
         app: String,
         #[arg(required = true, value_name = "KEY")]
         keys: Vec<String>,
+        /// The slot (default production).
+        #[arg(long)]
+        slot: Option<String>,
         #[arg(long)]
         no_wait: bool,
     },
-    /// List an app's settings.
-    List { app: String },
+    /// List an app's settings; slot settings are marked.
+    List {
+        app: String,
+        /// The slot (default production).
+        #[arg(long)]
+        slot: Option<String>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -295,21 +321,33 @@ pub async fn run(global: &Global, command: Command) -> anyhow::Result<()> {
         Command::Scale(args) => crate::workers::scale(&c, out, args).await,
         Command::Pool(cmd) => crate::workers::pool(&c, out, cmd).await,
         Command::Ps(a) => {
-            let mut list = c.instances(&a.app).await?;
+            let mut list = c.instances(&a.app, a.slot.as_deref()).await?;
             // Grouped by process type, web first, as `heroku ps` shows them.
             list.sort_by(|a, b| {
-                (a.process_type != "web", &a.process_type, &a.worker, &a.id).cmp(&(
-                    b.process_type != "web",
-                    &b.process_type,
-                    &b.worker,
-                    &b.id,
-                ))
+                (
+                    a.slot != "production",
+                    &a.slot,
+                    a.process_type != "web",
+                    &a.process_type,
+                    &a.worker,
+                    &a.id,
+                )
+                    .cmp(&(
+                        b.slot != "production",
+                        &b.slot,
+                        b.process_type != "web",
+                        &b.process_type,
+                        &b.worker,
+                        &b.id,
+                    ))
             });
             output::show(out, &list, |list| {
+                // A SLOT column only when some instance belongs to another slot.
+                let slots = list.iter().any(|i| i.slot != "production");
                 let rows: Vec<Vec<String>> = list
                     .iter()
                     .map(|i| {
-                        vec![
+                        let mut row = vec![
                             i.process_type.clone(),
                             i.id.clone(),
                             i.worker.clone(),
@@ -323,21 +361,27 @@ pub async fn run(global: &Global, command: Command) -> anyhow::Result<()> {
                             i.port.to_string(),
                             age(i.started_at),
                             i.restarts.to_string(),
-                        ]
+                        ];
+                        if slots {
+                            row.insert(0, i.slot.clone());
+                        }
+                        row
                     })
                     .collect();
-                table(
-                    &[
-                        "TYPE", "ID", "WORKER", "RELEASE", "STATE", "PID", "PORT", "UPTIME",
-                        "RESTARTS",
-                    ],
-                    &rows,
-                );
+                let mut header = vec![
+                    "TYPE", "ID", "WORKER", "RELEASE", "STATE", "PID", "PORT", "UPTIME", "RESTARTS",
+                ];
+                if slots {
+                    header.insert(0, "SLOT");
+                }
+                table(&header, &rows);
             })
         }
         Command::Config(cmd) => config(&c, out, cmd).await,
+        Command::Slot(cmd) => crate::slots::slot(&c, out, cmd).await,
+        Command::Rollback(args) => crate::slots::rollback(&c, out, args).await,
         Command::Releases(a) => {
-            let list = c.releases(&a.app).await?;
+            let list = c.releases(&a.app, a.slot.as_deref()).await?;
             output::show(out, &list, |list| {
                 let rows: Vec<Vec<String>> = list
                     .iter()
@@ -346,10 +390,11 @@ pub async fn run(global: &Global, command: Command) -> anyhow::Result<()> {
                             format!("v{}", r.version),
                             timestamp(r.created_at),
                             r.description.clone(),
+                            r.actor.clone(),
                         ]
                     })
                     .collect();
-                table(&["RELEASE", "CREATED", "DESCRIPTION"], &rows);
+                table(&["RELEASE", "CREATED", "DESCRIPTION", "BY"], &rows);
             })
         }
         Command::Logs(args) => {
@@ -550,13 +595,18 @@ async fn app(c: &Client, out: Output, cmd: AppCmd) -> anyhow::Result<()> {
                 health_check_max_unhealthy_percent: u.health_max_unhealthy_percent,
                 max_workers: u.max_workers.as_deref().map(crate::workers::parse_cap),
             };
-            let a = c.update_app(&u.name, &req).await?;
+            let a = c.update_app(&u.name, u.slot.as_deref(), &req).await?;
             output::show(out, &a, site_rows)
         }
-        AppCmd::Restart { name, no_wait } => {
-            let a = c.restart_app(&name).await?;
+        AppCmd::Restart {
+            name,
+            slot,
+            no_wait,
+        } => {
+            let a = c.restart_app(&name, slot.as_deref()).await?;
             if !no_wait && out == Output::Table {
-                wait_rollout(c, &name, None, Duration::from_secs(300)).await?;
+                wait_slot_rollout(c, &name, slot.as_deref(), None, Duration::from_secs(300))
+                    .await?;
             }
             output::show(out, &a, |a| println!("Restarted {}", a.name))
         }
@@ -679,18 +729,26 @@ async fn access(c: &Client, out: Output, cmd: AccessCmd) -> anyhow::Result<()> {
 }
 
 async fn config(c: &Client, out: Output, cmd: ConfigCmd) -> anyhow::Result<()> {
-    let (app, req, no_wait) = match cmd {
-        ConfigCmd::List { app } => {
-            let s = c.settings(&app).await?;
-            return output::show(out, &s.settings, |s| {
-                for (k, v) in s {
-                    println!("{k}={v}");
+    let (app, slot, req, no_wait) = match cmd {
+        ConfigCmd::List { app, slot } => {
+            let s = c.settings(&app, slot.as_deref()).await?;
+            let sticky_names = s.slot_settings;
+            return output::show(out, &s.settings, |settings| {
+                for (k, v) in settings {
+                    let sticky = if sticky_names.contains(k) {
+                        "  (slot setting)"
+                    } else {
+                        ""
+                    };
+                    println!("{k}={v}{sticky}");
                 }
             });
         }
         ConfigCmd::Set {
             app,
             pairs,
+            slot,
+            slot_setting,
             no_wait,
         } => {
             let mut set = BTreeMap::new();
@@ -698,21 +756,40 @@ async fn config(c: &Client, out: Output, cmd: ConfigCmd) -> anyhow::Result<()> {
                 let (k, v) = stamp_model::settings::parse_assignment(p)?;
                 set.insert(k, v);
             }
-            (app, wire::UpdateSettings { set, unset: vec![] }, no_wait)
+            let req = wire::UpdateSettings {
+                set,
+                unset: vec![],
+                slot_setting,
+            };
+            (app, slot, req, no_wait)
         }
-        ConfigCmd::Unset { app, keys, no_wait } => (
+        ConfigCmd::Unset {
             app,
+            keys,
+            slot,
+            no_wait,
+        } => (
+            app,
+            slot,
             wire::UpdateSettings {
                 set: BTreeMap::new(),
                 unset: keys,
+                slot_setting: false,
             },
             no_wait,
         ),
     };
-    let s = c.update_settings(&app, &req).await?;
+    let s = c.update_settings(&app, slot.as_deref(), &req).await?;
     if let (Some(r), false, Output::Table) = (&s.release, no_wait, out) {
         println!("Release v{} created: {}", r.version, r.description);
-        wait_rollout(c, &app, Some(r.version), Duration::from_secs(300)).await?;
+        wait_slot_rollout(
+            c,
+            &app,
+            slot.as_deref(),
+            Some(r.version),
+            Duration::from_secs(300),
+        )
+        .await?;
     }
     output::show(out, &s, |s| {
         if s.release.is_none() {
@@ -761,7 +838,7 @@ async fn deploy(c: &Client, out: Output, args: DeployArgs) -> anyhow::Result<()>
             progress.inc(b.len() as u64);
         }
     });
-    let release = c.deploy(&args.app, len, body).await;
+    let release = c.deploy(&args.app, args.slot.as_deref(), len, body).await;
     bar.finish_and_clear();
     let release = release?;
     if out == Output::Table {
@@ -771,9 +848,10 @@ async fn deploy(c: &Client, out: Output, args: DeployArgs) -> anyhow::Result<()>
         );
     }
     if !args.no_wait && out == Output::Table {
-        wait_rollout(
+        wait_slot_rollout(
             c,
             &args.app,
+            args.slot.as_deref(),
             Some(release.version),
             Duration::from_secs(args.timeout),
         )
@@ -790,13 +868,41 @@ pub(crate) async fn wait_rollout(
     version: Option<u32>,
     timeout: Duration,
 ) -> anyhow::Result<()> {
+    wait_slot_rollout(c, app, None, version, timeout).await
+}
+
+/// [`wait_rollout`] of one slot (`None`: production).
+pub(crate) async fn wait_slot_rollout(
+    c: &Client,
+    app: &str,
+    slot: Option<&str>,
+    version: Option<u32>,
+    timeout: Duration,
+) -> anyhow::Result<()> {
     let spinner = ProgressBar::new_spinner();
     spinner.enable_steady_tick(Duration::from_millis(120));
-    let what = version.map_or_else(|| app.to_string(), |v| format!("{app} v{v}"));
+    let name = match slot {
+        Some(s) if s != "production" => format!("{app} ({s})"),
+        _ => app.to_string(),
+    };
+    let what = version.map_or_else(|| name.clone(), |v| format!("{name} v{v}"));
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        let a = c.app(app).await?;
-        let i = &a.instances;
+        let (counts, url) = match slot {
+            Some(s) if s != "production" => {
+                let slots = c.slots(app).await?;
+                let view = slots
+                    .into_iter()
+                    .find(|v| v.name == s)
+                    .with_context(|| format!("app {app} has no slot {s}"))?;
+                (view.instances, view.url)
+            }
+            _ => {
+                let a = c.app(app).await?;
+                (a.instances, a.url)
+            }
+        };
+        let i = &counts;
         spinner.set_message(format!(
             "Rolling out {what}: {}/{} instances ready{}",
             i.ready,
@@ -809,7 +915,7 @@ pub(crate) async fn wait_rollout(
         ));
         if i.ready == i.desired && i.stale == 0 {
             spinner.finish_and_clear();
-            println!("{what} is running on {} instance(s): {}", i.desired, a.url);
+            println!("{what} is running on {} instance(s): {url}", i.desired);
             return Ok(());
         }
         if tokio::time::Instant::now() >= deadline {

@@ -6,6 +6,7 @@
 mod autoscale;
 mod cli;
 mod output;
+mod slots;
 mod up;
 mod workers;
 
@@ -108,6 +109,11 @@ enum Command {
     Releases(cli::AppArg),
     /// Show an app's log: instance output and platform events.
     Logs(cli::LogsArgs),
+    /// Deployment slots: create, swap (with preview), auto swap, traffic routing.
+    #[command(subcommand)]
+    Slot(slots::SlotCmd),
+    /// Re-activate an earlier release (code and settings) as a new release, rolling.
+    Rollback(slots::RollbackArgs),
 }
 
 fn main() -> ExitCode {

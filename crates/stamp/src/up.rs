@@ -388,6 +388,8 @@ pub async fn run(global: &Global, args: UpArgs) -> anyhow::Result<()> {
         Arc::new(FrontendLink(frontend.clone())),
     );
     controller.sync().context("load desired state")?;
+    // A swap interrupted by a stop ends now: completed or reverted, never half-swapped.
+    controller.resume_swaps();
     let routes_task = tokio::spawn({
         let c = controller.clone();
         async move { c.run_routes().await }

@@ -1,0 +1,552 @@
+//! Issue 6 end to end: deployment slots, swaps (plain, failing, with preview, automatic, across
+//! a controller crash), traffic routing and rollback, through the real binary and front end.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::*;
+
+/// Plan `p` (S1, 2 workers), app `hello` with production on GREETING=old, DB=prod-db and a
+/// `staging` slot on GREETING=new, DB=staging-db; DB is a slot setting. Both slots deployed.
+async fn staged(s: &Stamp) {
+    s.ok(&["plan", "create", "p", "--sku", "S1", "--workers", "2"])
+        .await;
+    s.ok(&["app", "create", "hello", "--plan", "p"]).await;
+    s.ok(&["config", "set", "hello", "GREETING=old", "--no-wait"])
+        .await;
+    s.ok(&[
+        "config",
+        "set",
+        "hello",
+        "DB=prod-db",
+        "--slot-setting",
+        "--no-wait",
+    ])
+    .await;
+    let dir = hello_dir();
+    let dir = dir.to_str().unwrap();
+    s.ok(&["deploy", dir, "--app", "hello"]).await;
+    s.ok(&["slot", "create", "hello", "staging"]).await;
+    s.ok(&[
+        "config",
+        "set",
+        "hello",
+        "GREETING=new",
+        "DB=staging-db",
+        "--slot",
+        "staging",
+        "--no-wait",
+    ])
+    .await;
+    s.ok(&["deploy", dir, "--app", "hello", "--slot", "staging"])
+        .await;
+    assert_greeting(s, "hello", "old").await;
+    assert_greeting(s, "hello-staging", "new").await;
+}
+
+/// The GREETING every one of 10 requests to `host` (`<label>.localhost`) sees.
+async fn assert_greeting(s: &Stamp, label: &str, want: &str) {
+    for _ in 0..10 {
+        let (status, body) = s.get_path(label, "/").await;
+        assert_eq!(status, 200, "{label}: {body}");
+        assert!(
+            body.trim_end().ends_with(&format!(": {want}")),
+            "{label} should greet with {want:?}: {body}"
+        );
+    }
+}
+
+async fn env(s: &Stamp, label: &str, name: &str) -> String {
+    let (status, body) = s.get_path(label, &format!("/env/{name}")).await;
+    assert_eq!(status, 200, "{body}");
+    body.trim().to_string()
+}
+
+/// Waits (60 s) until every one of 5 requests to `label` sees `want`.
+async fn wait_greeting(s: &Stamp, label: &str, want: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut all = true;
+        for _ in 0..5 {
+            let (status, body) = s.get_path(label, "/").await;
+            all &= status == 200 && body.trim_end().ends_with(&format!(": {want}"));
+        }
+        if all {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{label} never greeted with {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A client loop through the front end: every response, in order, until stopped.
+struct Load {
+    stop: Arc<AtomicBool>,
+    /// Requests started so far: a mark to tell requests before and after an event apart.
+    started: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<Vec<(usize, Result<String, String>)>>,
+}
+
+fn load(s: &Stamp) -> Load {
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Arc::new(AtomicUsize::new(0));
+    let client = s.client();
+    let url = s.url("hello");
+    let (stop2, started2) = (stop.clone(), started.clone());
+    let task = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
+        while !stop2.load(Ordering::SeqCst)
+            && seen.len() < 100_000
+            && tokio::time::Instant::now() < deadline
+        {
+            let n = started2.fetch_add(1, Ordering::SeqCst);
+            let r = match client.get(&url).send().await {
+                Ok(r) if r.status().is_success() => Ok(r.text().await.unwrap_or_default()),
+                Ok(r) => Err(format!(
+                    "{}: {}",
+                    r.status(),
+                    r.text().await.unwrap_or_default()
+                )),
+                Err(e) => Err(e.to_string()),
+            };
+            seen.push((n, r));
+        }
+        seen
+    });
+    Load {
+        stop,
+        started,
+        task,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swap_under_load_loses_nothing_and_sticky_settings_stay() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = Stamp::start(&tmp.path().join("data"), &[]).await;
+    staged(&s).await;
+
+    let l = load(&s);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let out = s
+        .ok(&["slot", "swap", "hello", "--source", "staging"])
+        .await;
+    let flipped = l.started.load(Ordering::SeqCst);
+    assert!(out.contains("routing switched"), "{out}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    l.stop.store(true, Ordering::SeqCst);
+    let seen = l.task.await.unwrap();
+
+    let failed: Vec<_> = seen.iter().filter(|(_, r)| r.is_err()).collect();
+    assert!(
+        failed.is_empty(),
+        "failed requests during the swap: {failed:#?}"
+    );
+    let after: Vec<_> = seen.iter().filter(|(n, _)| *n > flipped).collect();
+    assert!(!after.is_empty(), "no request after the flip");
+    for (n, r) in &after {
+        let body = r.as_ref().unwrap();
+        assert!(
+            body.trim_end().ends_with(": new"),
+            "request {n} after the flip: {body}"
+        );
+    }
+    assert!(
+        seen.iter()
+            .any(|(_, r)| r.as_ref().unwrap().trim_end().ends_with(": old")),
+        "the loop never saw the old production"
+    );
+
+    // The swapped setting moved; the slot setting stayed with each slot.
+    assert_eq!(env(&s, "hello", "DB").await, "prod-db");
+    assert_eq!(env(&s, "hello", "WEBSITE_SLOT_NAME").await, "production");
+    wait_greeting(&s, "hello-staging", "old").await;
+    assert_eq!(env(&s, "hello-staging", "DB").await, "staging-db");
+    assert_eq!(
+        env(&s, "hello-staging", "WEBSITE_SLOT_NAME").await,
+        "staging"
+    );
+
+    let releases = s.json(&["releases", "hello"]).await;
+    let top = &releases[0];
+    assert!(
+        top["description"]
+            .as_str()
+            .unwrap()
+            .starts_with("Swap from staging"),
+        "{releases:#}"
+    );
+    assert_eq!(top["actor"], "stamp");
+    let logs = s
+        .wait_log("hello", "the swap's steps", |l| {
+            l.contains("routing switched")
+        })
+        .await;
+    assert!(logs.contains("warm-up of instance"), "{logs}");
+
+    // Swapping back is the rollback: production greets with `old` again.
+    s.ok(&["slot", "swap", "hello", "--source", "staging"])
+        .await;
+    assert_greeting(&s, "hello", "old").await;
+    assert_eq!(env(&s, "hello", "DB").await, "prod-db");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_warm_up_reverts_and_bad_input_changes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = Stamp::start(&tmp.path().join("data"), &[]).await;
+    staged(&s).await;
+
+    // A status outside the accepted list stops the swap; production keeps its release.
+    s.ok(&[
+        "config",
+        "set",
+        "hello",
+        "WEBSITE_SWAP_WARMUP_PING_PATH=/status/500",
+        "WEBSITE_SWAP_WARMUP_PING_STATUSES=200,202",
+        "--slot",
+        "staging",
+    ])
+    .await;
+    let err = s
+        .fails(&["slot", "swap", "hello", "--source", "staging"])
+        .await;
+    assert!(
+        err.contains("reverted") && err.contains("status 500"),
+        "{err}"
+    );
+    assert_greeting(&s, "hello", "old").await;
+    wait_greeting(&s, "hello-staging", "new").await;
+    assert_eq!(env(&s, "hello-staging", "DB").await, "staging-db");
+    let logs = s.ok(&["logs", "hello", "-n", "200"]).await;
+    assert!(logs.contains("/status/500 answered 500"), "{logs}");
+
+    // Bad input: clear errors, nothing changed.
+    let err = s
+        .fails(&[
+            "config",
+            "set",
+            "hello",
+            "WEBSITE_SWAP_WARMUP_PING_PATH=nope",
+        ])
+        .await;
+    assert!(err.contains("starting with '/'"), "{err}");
+    let err = s.fails(&["slot", "create", "hello", "production"]).await;
+    assert!(err.contains("already"), "{err}");
+    let err = s.fails(&["slot", "create", "hello", "Not_A_Label"]).await;
+    assert!(err.contains("slot"), "{err}");
+    let err = s
+        .fails(&[
+            "slot",
+            "swap",
+            "hello",
+            "--source",
+            "staging",
+            "--target",
+            "other-app",
+        ])
+        .await;
+    assert!(err.contains("no slot named other-app"), "{err}");
+    let err = s
+        .fails(&["slot", "swap", "hello", "--source", "production"])
+        .await;
+    assert!(err.contains("two different slots"), "{err}");
+    s.ok(&["slot", "create", "hello", "qa"]).await;
+    let err = s
+        .fails(&["slot", "route", "hello", "staging=60", "qa=50"])
+        .await;
+    assert!(err.contains("over 100"), "{err}");
+    let slots = s.json(&["slot", "list", "hello"]).await;
+    assert!(
+        slots
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|v| v["routing"].is_null()),
+        "{slots:#}"
+    );
+    // The hostname of a slot cannot be taken by an app, nor the reverse.
+    let err = s.fails(&["app", "create", "hello-qa", "--plan", "p"]).await;
+    assert!(err.contains("hostname of slot qa"), "{err}");
+
+    // Tier limits: Basic has no slots; Standard five per app.
+    s.ok(&["plan", "create", "b", "--sku", "B1"]).await;
+    s.ok(&["app", "create", "basic", "--plan", "b"]).await;
+    let err = s.fails(&["slot", "create", "basic", "staging"]).await;
+    assert!(err.contains("allows no deployment slots"), "{err}");
+    for name in ["s3", "s4", "s5"] {
+        s.ok(&["slot", "create", "hello", name]).await;
+    }
+    let err = s.fails(&["slot", "create", "hello", "s6"]).await;
+    assert!(err.contains("the most plan p"), "{err}");
+
+    // One swap at a time: a swap waiting in preview blocks another, and deploys to its slots.
+    s.ok(&[
+        "config",
+        "unset",
+        "hello",
+        "WEBSITE_SWAP_WARMUP_PING_PATH",
+        "--slot",
+        "staging",
+    ])
+    .await;
+    s.ok(&["slot", "swap", "hello", "--source", "staging", "--preview"])
+        .await;
+    let err = s
+        .fails(&["slot", "swap", "hello", "--source", "staging"])
+        .await;
+    assert!(err.contains("already running"), "{err}");
+    let err = s
+        .fails(&["config", "set", "hello", "X=1", "--slot", "staging"])
+        .await;
+    assert!(err.contains("is in a swap"), "{err}");
+    s.ok(&["slot", "swap", "hello", "--cancel"]).await;
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preview_then_cancel_then_complete() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = Stamp::start(&tmp.path().join("data"), &[]).await;
+    staged(&s).await;
+
+    let out = s
+        .ok(&["slot", "swap", "hello", "--source", "staging", "--preview"])
+        .await;
+    assert!(out.contains("preview:"), "{out}");
+    // Phase 1: staging runs its code with production's slot settings; production is untouched.
+    assert_eq!(env(&s, "hello-staging", "DB").await, "prod-db");
+    assert_greeting(&s, "hello-staging", "new").await;
+    assert_greeting(&s, "hello", "old").await;
+    let out = s.ok(&["slot", "swap", "hello", "--cancel"]).await;
+    assert!(out.contains("cancelled"), "{out}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while env(&s, "hello-staging", "DB").await != "staging-db" {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "cancel did not restore staging"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_greeting(&s, "hello", "old").await;
+
+    s.ok(&["slot", "swap", "hello", "--source", "staging", "--preview"])
+        .await;
+    let out = s.ok(&["slot", "swap", "hello", "--complete"]).await;
+    assert!(out.contains("routing switched"), "{out}");
+    assert_greeting(&s, "hello", "new").await;
+    assert_eq!(env(&s, "hello", "DB").await, "prod-db");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_swap_after_deploy_and_rollback_restores_code_and_settings() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = Stamp::start(&tmp.path().join("data"), &[]).await;
+    staged(&s).await;
+
+    // Auto swap: a deploy to staging ends in production.
+    s.ok(&[
+        "slot",
+        "update",
+        "hello",
+        "staging",
+        "--auto-swap-to",
+        "production",
+    ])
+    .await;
+    let marked = tmp.path().join("marked");
+    copy_dir(&hello_dir(), &marked);
+    std::fs::write(marked.join("MARK"), "two").unwrap();
+    s.ok(&[
+        "deploy",
+        marked.to_str().unwrap(),
+        "--app",
+        "hello",
+        "--slot",
+        "staging",
+    ])
+    .await;
+    wait_greeting(&s, "hello", "new").await;
+    let (_, mark) = s.get_path("hello", "/read?path=MARK").await;
+    assert_eq!(mark, "two");
+    let logs = s
+        .wait_log("hello", "the auto swap", |l| l.contains("routing switched"))
+        .await;
+    assert!(
+        logs.contains("swap staging → production: started"),
+        "{logs}"
+    );
+
+    // Rollback re-activates an earlier release of production, code and settings together:
+    // v3 is the first deploy (MARK absent) with GREETING=old.
+    s.ok(&["slot", "update", "hello", "staging", "--auto-swap-to", ""])
+        .await;
+    let releases = s.json(&["releases", "hello"]).await;
+    let v3 = releases
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["version"] == 3)
+        .expect("v3");
+    assert!(
+        v3["description"].as_str().unwrap().starts_with("Deploy"),
+        "{releases:#}"
+    );
+    assert_eq!(v3["actor"], "owner");
+    let out = s.ok(&["rollback", "hello", "v3"]).await;
+    assert!(out.contains("Rollback to v3"), "{out}");
+    assert_greeting(&s, "hello", "old").await;
+    let (status, _) = s.get_path("hello", "/read?path=MARK").await;
+    assert_eq!(status, 404, "the rolled-back code has no MARK file");
+    let err = s.fails(&["rollback", "hello", "v99"]).await;
+    assert!(err.contains("no release v99"), "{err}");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traffic_routing_by_percentage_with_pinning_and_opt_in() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = Stamp::start(&tmp.path().join("data"), &[]).await;
+    staged(&s).await;
+    s.ok(&["slot", "route", "hello", "staging=30"]).await;
+    let slots = s.json(&["slot", "list", "hello"]).await;
+    assert_eq!(slots[1]["routing"], 30, "{slots:#}");
+    let logs = s.ok(&["logs", "hello", "-n", "200"]).await;
+    assert!(logs.contains("traffic routing: staging=30 %"), "{logs}");
+
+    // 1,000 fresh clients (no cookie): about 30 % reach staging (binomial sd 1.45 %).
+    let client = reqwest::Client::builder()
+        .resolve("hello.localhost", s.http)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let url = s.url("hello");
+    let mut staging = 0;
+    let mut pinned = None;
+    for _ in 0..1000 {
+        let r = client.get(&url).send().await.unwrap();
+        let cookie = r
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find(|v| v.starts_with("x-ms-routing-name="))
+            .expect("a routing cookie")
+            .to_string();
+        let body = r.text().await.unwrap();
+        if body.trim_end().ends_with(": new") {
+            staging += 1;
+            assert!(cookie.starts_with("x-ms-routing-name=staging;"), "{cookie}");
+            pinned.get_or_insert(cookie);
+        } else {
+            assert!(cookie.starts_with("x-ms-routing-name=self;"), "{cookie}");
+        }
+    }
+    assert!(
+        (240..=360).contains(&staging),
+        "{staging} of 1000 reached staging"
+    );
+
+    // A pinned client stays on its slot.
+    for _ in 0..30 {
+        let body = client
+            .get(&url)
+            .header("cookie", "x-ms-routing-name=staging")
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(body.trim_end().ends_with(": new"), "{body}");
+    }
+    // Query opt-in and opt-out, also with an explicit 0 %.
+    s.ok(&["slot", "route", "hello", "staging=0"]).await;
+    for _ in 0..20 {
+        let (_, body) = s.get_path("hello", "/").await;
+        assert!(body.trim_end().ends_with(": old"), "0 %: {body}");
+    }
+    let (_, body) = s.get_path("hello", "/?x-ms-routing-name=staging").await;
+    assert!(body.trim_end().ends_with(": new"), "{body}");
+    let (_, body) = s.get_path("hello", "/?x-ms-routing-name=self").await;
+    assert!(body.trim_end().ends_with(": old"), "{body}");
+    // No rule: no opt-in.
+    s.ok(&["slot", "route", "hello"]).await;
+    let (_, body) = s.get_path("hello", "/?x-ms-routing-name=staging").await;
+    assert!(body.trim_end().ends_with(": old"), "{body}");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_controller_killed_mid_swap_completes_or_reverts_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let mut s = Stamp::start(&data, &[]).await;
+    staged(&s).await;
+    // A slow warm-up (each instance takes a second to answer) leaves time to kill mid-swap.
+    s.ok(&[
+        "config",
+        "set",
+        "hello",
+        "WEBSITE_SWAP_WARMUP_PING_PATH=/burn?ms=1000",
+        "--slot",
+        "staging",
+    ])
+    .await;
+    s.ok(&["slot", "swap", "hello", "--source", "staging", "--no-wait"])
+        .await;
+    s.wait_log("hello", "the swap to start", |l| {
+        l.contains("swap staging → production: started")
+    })
+    .await;
+    s.child.kill().await.unwrap();
+
+    let s = Stamp::start(&data, &[]).await;
+    s.wait_json(
+        &["slot", "status", "hello"],
+        "the resumed swap to end",
+        |v| v["done"] == true,
+    )
+    .await;
+    let state = s.json(&["slot", "status", "hello"]).await;
+    eprintln!("the swap after the restart: {state}");
+    let releases = s.json(&["releases", "hello"]).await;
+    let swapped = releases[0]["description"]
+        .as_str()
+        .unwrap()
+        .starts_with("Swap from staging");
+    // Completed (before the kill or after the restart) or reverted, never mixed: each slot
+    // serves one whole side.
+    match state["state"].as_str().unwrap() {
+        "completed" => assert!(swapped, "{releases:#}"),
+        "reverted" => assert!(!swapped, "{releases:#}"),
+        "none" => {}
+        other => panic!("the swap ended {other}: {state:#}"),
+    }
+    let (production, staging) = if swapped {
+        ("new", "old")
+    } else {
+        ("old", "new")
+    };
+    wait_greeting(&s, "hello", production).await;
+    wait_greeting(&s, "hello-staging", staging).await;
+    assert_eq!(env(&s, "hello", "DB").await, "prod-db");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while env(&s, "hello-staging", "DB").await != "staging-db" {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "staging kept production's DB"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    s.stop().await;
+}
