@@ -390,9 +390,10 @@ pub struct UpdateSettings {
     pub set: BTreeMap<String, String>,
     #[serde(default)]
     pub unset: Vec<String>,
-    /// Mark the names in `set` as slot settings (they stay with their slot in a swap).
+    /// `true`: mark the names in `set` as slot settings (they stay with their slot in a swap);
+    /// `false`: unmark the names in `set` and `unset`.
     #[serde(default)]
-    pub slot_setting: bool,
+    pub slot_setting: Option<bool>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -307,26 +307,40 @@ impl Client {
         Ok(())
     }
 
-    pub async fn access_rules(&self, app: &str) -> Result<Vec<wire::AccessRuleView>> {
-        self.get(&format!("/apps/{app}/access-rules")).await
+    pub async fn access_rules(
+        &self,
+        app: &str,
+        slot: Option<&str>,
+    ) -> Result<Vec<wire::AccessRuleView>> {
+        self.get_in(&format!("/apps/{app}/access-rules"), slot)
+            .await
     }
 
     pub async fn add_access_rule(
         &self,
         app: &str,
+        slot: Option<&str>,
         rule: &wire::AccessRuleView,
     ) -> Result<Vec<wire::AccessRuleView>> {
-        self.post(&format!("/apps/{app}/access-rules"), rule).await
+        self.json(
+            self.http
+                .post(self.url(&format!("/apps/{app}/access-rules")))
+                .query(&slot_query(slot))
+                .json(rule),
+        )
+        .await
     }
 
     pub async fn remove_access_rule(
         &self,
         app: &str,
+        slot: Option<&str>,
         name: &str,
     ) -> Result<Vec<wire::AccessRuleView>> {
         self.json(
             self.http
-                .delete(self.url(&format!("/apps/{app}/access-rules/{name}"))),
+                .delete(self.url(&format!("/apps/{app}/access-rules/{name}")))
+                .query(&slot_query(slot)),
         )
         .await
     }

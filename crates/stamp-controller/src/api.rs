@@ -804,18 +804,11 @@ async fn create_app(
         )),
         e => e.into(),
     })?;
-    // `<app>-<slot>` is a slot's hostname label: an app may not take one that is in use.
-    for (i, _) in name.as_str().match_indices('-') {
-        let (owner, slot) = (&name.as_str()[..i], &name.as_str()[i + 1..]);
-        if let (Ok(owner), Ok(slot)) = (AppName::parse(owner), SlotName::parse(slot))
-            && let Ok(owner) = c.store().app(&owner)
-            && owner.slot(&slot).is_some()
-        {
-            return Err(ApiError::conflict(format!(
-                "{name}.{} is the hostname of slot {slot} of app {}; pick another app name",
-                c.inner.config.domain, owner.name
-            )));
-        }
+    if let Some(owner) = slots::label_owner(&c, name.as_str())? {
+        return Err(ApiError::conflict(format!(
+            "{name}.{} is the hostname of {owner}; pick another app name",
+            c.inner.config.domain
+        )));
     }
     let app = App {
         name,
@@ -949,20 +942,25 @@ fn apply_update(mut site: SiteConfig, u: &wire::UpdateApp) -> ApiResult<SiteConf
 async fn change_site(
     c: &Controller,
     name: &AppName,
+    slot: &SlotName,
     event: &str,
     change: impl FnOnce(SiteConfig) -> ApiResult<SiteConfig>,
-) -> ApiResult<App> {
+) -> ApiResult<SiteConfig> {
     let _w = c.inner.writer.lock().await;
-    let mut app = c.store().app(name)?;
-    let site = change(app.site.clone())?;
+    let current = find_slot(&c.store().app(name)?, slot)?.site;
+    let site = change(current.clone())?;
     site.validate().map_err(ApiError::invalid)?;
-    if site != app.site {
-        c.store().set_site(name, &site)?;
-        c.inner.logs.event(name, event);
-        app.site = site;
+    if site != current {
+        c.store().set_slot_site(name, slot, &site)?;
+        let event = if slot.is_production() {
+            event.to_string()
+        } else {
+            format!("{event} (slot {slot})")
+        };
+        c.inner.logs.event(name, &event);
         c.synced()?;
     }
-    Ok(app)
+    Ok(site)
 }
 
 async fn update_app(
@@ -1014,6 +1012,11 @@ async fn update_app(
         None => app.max_workers,
     };
     if site != app.site || cap != app.max_workers {
+        if site != app.site {
+            // The swap's prepared instances carry production's health check: changing it now
+            // would restart them right after the flip.
+            ensure_not_swapping(&c, &name, &SlotName::production())?;
+        }
         c.store().update_app_config(&name, &site, cap)?;
         let event = if site != app.site {
             "config: front end updated"
@@ -1118,10 +1121,16 @@ async fn remove_domain(
 async fn list_access_rules(
     State(c): State<Controller>,
     Path(name): Path<String>,
+    Query(q): Query<wire::SlotQuery>,
 ) -> ApiResult<Json<Vec<wire::AccessRuleView>>> {
     let app = c.store().app(&app_name(&name)?)?;
+    let slot = find_slot(&app, &slot_of(&q)?)?;
     Ok(Json(
-        app.site.access_rules.iter().map(access_rule_view).collect(),
+        slot.site
+            .access_rules
+            .iter()
+            .map(access_rule_view)
+            .collect(),
     ))
 }
 
@@ -1151,9 +1160,11 @@ fn network(s: &str) -> ApiResult<ipnet::IpNet> {
 async fn add_access_rule(
     State(c): State<Controller>,
     Path(name): Path<String>,
+    Query(q): Query<wire::SlotQuery>,
     JsonBody(req): JsonBody<wire::AccessRuleView>,
 ) -> ApiResult<(StatusCode, Json<Vec<wire::AccessRuleView>>)> {
     let name = app_name(&name)?;
+    let slot = slot_of(&q)?;
     let action = match req.action.as_str() {
         "allow" => AccessAction::Allow,
         "deny" => AccessAction::Deny,
@@ -1179,7 +1190,7 @@ async fn add_access_rule(
         "access: rule {} added ({} {} at priority {})",
         rule.name, req.action, rule.network, rule.priority
     );
-    let app = change_site(&c, &name, &event, |mut site| {
+    let site = change_site(&c, &name, &slot, &event, |mut site| {
         if site.access_rules.iter().any(|r| r.name == rule.name) {
             return Err(ApiError::conflict(format!(
                 "access rule {} already exists; remove it first or choose another --name",
@@ -1193,17 +1204,19 @@ async fn add_access_rule(
     .await?;
     Ok((
         StatusCode::CREATED,
-        Json(app.site.access_rules.iter().map(access_rule_view).collect()),
+        Json(site.access_rules.iter().map(access_rule_view).collect()),
     ))
 }
 
 async fn remove_access_rule(
     State(c): State<Controller>,
     Path((name, rule)): Path<(String, String)>,
+    Query(q): Query<wire::SlotQuery>,
 ) -> ApiResult<Json<Vec<wire::AccessRuleView>>> {
     let name = app_name(&name)?;
+    let slot = slot_of(&q)?;
     let event = format!("access: rule {rule} removed");
-    let app = change_site(&c, &name, &event, |mut site| {
+    let site = change_site(&c, &name, &slot, &event, |mut site| {
         let before = site.access_rules.len();
         site.access_rules.retain(|r| r.name != rule);
         if site.access_rules.len() == before {
@@ -1215,7 +1228,7 @@ async fn remove_access_rule(
     })
     .await?;
     Ok(Json(
-        app.site.access_rules.iter().map(access_rule_view).collect(),
+        site.access_rules.iter().map(access_rule_view).collect(),
     ))
 }
 
@@ -1499,19 +1512,35 @@ async fn update_settings(
     // Marking names sticky (Azure's slotConfigNames) applies to the app, in every slot;
     // unsetting a setting everywhere is the user's business, so names stay until unmarked.
     let mut sticky = app.slot_settings.clone();
-    if req.slot_setting {
-        sticky.extend(req.set.keys().cloned());
+    match req.slot_setting {
+        Some(true) => sticky.extend(req.set.keys().cloned()),
+        Some(false) => {
+            for k in req.set.keys().chain(&req.unset) {
+                sticky.remove(k);
+            }
+        }
+        None => {}
     }
-    if next != current_settings || sticky != app.slot_settings {
+    if next != current_settings {
         ensure_not_swapping(&c, &name, &slot)?;
+    }
+    if sticky != app.slot_settings
+        && let Some(swap) = c.store().swap(&name)?
+    {
+        // The list decides what moves in a swap, so it must not change under one.
+        return Err(ApiError::conflict(format!(
+            "a swap of app {name} is in progress ({} → {}); change which settings are slot settings after it ends",
+            swap.source, swap.target
+        )));
     }
     if sticky != app.slot_settings {
         c.store().set_slot_settings(&name, &sticky)?;
+        let list = sticky.iter().cloned().collect::<Vec<_>>().join(", ");
         c.inner.logs.event(
             &name,
             &format!(
                 "config: slot settings (stay with their slot in a swap) are now {}",
-                sticky.iter().cloned().collect::<Vec<_>>().join(", ")
+                if list.is_empty() { "none" } else { &list }
             ),
         );
     }

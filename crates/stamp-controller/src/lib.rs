@@ -61,7 +61,7 @@ pub trait FrontEnd: Send + Sync + 'static {
 }
 
 /// The hostnames of `app` a certificate naming `cert_names` may be served for: its default
-/// hostname and custom domains that the certificate covers (exactly, or by a one-label
+/// hostname, its slots' hostnames (`<app>-<slot>.<domain>`) and custom domains that the certificate covers (exactly, or by a one-label
 /// wildcard), and its wildcard custom domains the certificate names exactly.
 pub fn served_names(cert_names: &[String], app: &stamp_model::App, domain: &str) -> Vec<String> {
     let covers = |name: &str, host: &str| {
@@ -74,6 +74,11 @@ pub fn served_names(cert_names: &[String], app: &stamp_model::App, domain: &str)
             })
     };
     let mut owned = vec![format!("{}.{domain}", app.name)];
+    owned.extend(
+        app.slots
+            .iter()
+            .map(|s| format!("{}-{}.{domain}", app.name, s.name)),
+    );
     owned.extend(app.site.domains.iter().cloned());
     let mut names: Vec<String> = owned
         .into_iter()
@@ -446,6 +451,24 @@ mod tests {
         assert_eq!(names(&["www.example.com"]), ["www.example.com"]);
         assert_eq!(names(&["*.example.com"]), ["www.example.com"]);
         assert_eq!(names(&["*.localhost"]), ["a.localhost"]);
+        app.slots.push(stamp_model::Slot {
+            name: stamp_model::SlotName::parse("staging").unwrap(),
+            lane: 1,
+            settings: Default::default(),
+            generation: 0,
+            site: stamp_model::SiteConfig::default(),
+            auto_swap_to: None,
+            routing: None,
+            created_at: stamp_model::Millis(0),
+        });
+        let names = |cert: &[&str]| {
+            let cert: Vec<String> = cert.iter().map(|s| s.to_string()).collect();
+            served_names(&cert, &app, "localhost")
+        };
+        assert_eq!(
+            names(&["*.localhost"]),
+            ["a-staging.localhost", "a.localhost"]
+        );
         assert_eq!(names(&["*.shop.example.com"]), ["*.shop.example.com"]);
         assert!(names(&["b.localhost", "other.example.com"]).is_empty());
         assert!(names(&["*.com"]).is_empty());

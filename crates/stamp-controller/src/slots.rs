@@ -57,6 +57,27 @@ pub(crate) fn find_slot(app: &App, name: &SlotName) -> ApiResult<Slot> {
     })
 }
 
+/// Who uses `label` as a hostname label under the domain: `app X` for an app of that name,
+/// `slot S of app A` when `label` is `<A>-<S>` for an existing slot. Apps and slots must never
+/// share one, so both creations check it.
+pub(crate) fn label_owner(c: &Controller, label: &str) -> ApiResult<Option<String>> {
+    if let Ok(name) = AppName::parse(label)
+        && c.store().app(&name).is_ok()
+    {
+        return Ok(Some(format!("app {name}")));
+    }
+    for (i, _) in label.match_indices('-') {
+        let (owner, slot) = (&label[..i], &label[i + 1..]);
+        if let (Ok(owner), Ok(slot)) = (AppName::parse(owner), SlotName::parse(slot))
+            && let Ok(owner) = c.store().app(&owner)
+            && owner.slot(&slot).is_some()
+        {
+            return Ok(Some(format!("slot {slot} of app {}", owner.name)));
+        }
+    }
+    Ok(None)
+}
+
 /// Refuses a change to `slot` while a swap of the app involves it.
 pub(crate) fn ensure_not_swapping(c: &Controller, app: &AppName, slot: &SlotName) -> ApiResult<()> {
     if let Some(swap) = c.store().swap(app)?
@@ -140,7 +161,14 @@ impl Controller {
         source: &SlotName,
         target: &SlotName,
         preview: bool,
+        actor: &str,
     ) -> ApiResult<Swap> {
+        if source.is_production() {
+            return Err(ApiError::invalid(format!(
+                "production is the target of a swap, never its source (the source runs with the target's settings while it warms up); use `stamp slot swap {} --source <slot>`",
+                app.name
+            )));
+        }
         if source == target {
             return Err(ApiError::invalid(format!(
                 "the source and target are both {source}; swap two different slots of app {}",
@@ -193,6 +221,7 @@ impl Controller {
                 health_check: target_slot.site.health_check.clone(),
             },
             started_at: self.now(),
+            actor: actor.to_string(),
         };
         store.start_swap(&swap).map_err(|e| match e {
             StoreError::Conflict { .. } => {
@@ -263,9 +292,13 @@ impl Controller {
             let mut paused = swap.clone();
             paused.phase = SwapPhase::Preview;
             let _w = self.inner.writer.lock().await;
-            if let Err(e) = self.store().update_swap(&paused) {
-                tracing::error!("cannot store the swap's preview phase: {e}");
-                return;
+            match self.store().update_swap(&swap, &paused) {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(e) => {
+                    tracing::error!("cannot store the swap's preview phase: {e}");
+                    return;
+                }
             }
             self.swap_step(
                 &swap,
@@ -288,7 +321,7 @@ impl Controller {
             Ok(Some(s)) if s == swap => {}
             _ => return,
         }
-        match self.store().complete_swap(&swap, PLATFORM, self.now()) {
+        match self.store().complete_swap(&swap, &swap.actor, self.now()) {
             Ok(releases) => {
                 self.sync_after_commit();
                 self.swap_step(
@@ -315,8 +348,10 @@ impl Controller {
     /// Reverts a swap: the source's lane goes back to its own release (rolling restart).
     async fn revert_swap(&self, swap: &Swap, reason: &str) {
         let _w = self.inner.writer.lock().await;
-        match self.store().end_swap(&swap.app) {
-            Ok(_) => {
+        match self.store().end_swap(swap) {
+            // Gone already: the app was deleted.
+            Ok(false) => {}
+            Ok(true) => {
                 self.sync_after_commit();
                 self.swap_step(
                     swap,
@@ -345,10 +380,16 @@ impl Controller {
         let mut observed = self.inner.node.observed();
         let deadline = tokio::time::Instant::now() + RESTART_WAIT;
         loop {
+            // The source's lane as the swap published it (not an older desired set).
             let desired: Vec<_> = self
                 .desired()
                 .into_iter()
-                .filter(|d| d.key.app == swap.app && d.key.lane == lane)
+                .filter(|d| {
+                    d.key.app == swap.app
+                        && d.key.lane == lane
+                        && d.slot == swap.target
+                        && d.release == swap.source_config.release
+                })
                 .collect();
             if desired.is_empty() {
                 return Err(format!(
@@ -407,7 +448,14 @@ impl Controller {
             let url = format!("http://127.0.0.1:{port}{}", warmup.path);
             let mut last = String::new();
             let mut answered = None;
-            for _ in 0..warmup.tries {
+            let mut pause = Duration::from_millis(100);
+            for attempt in 0..warmup.tries {
+                if attempt > 0 {
+                    // A failed try waits before the next (doubling to 5 s), so a few refused
+                    // connections in a row do not end a swap within milliseconds.
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                }
                 match client
                     .get(&url)
                     .header(reqwest::header::HOST, &host)
@@ -459,7 +507,7 @@ impl Controller {
         let Some(target) = app.slot(slot).and_then(|s| s.auto_swap_to) else {
             return;
         };
-        match self.start_swap(&app, slot, &target, false) {
+        match self.start_swap(&app, slot, &target, false, PLATFORM) {
             Ok(_) => {}
             Err(e) => self.inner.logs.event(
                 &app.name,
@@ -503,6 +551,11 @@ pub(crate) async fn create_slot(
             "every app has a production slot already; name the new slot something else, e.g. staging",
         ));
     }
+    if slot_name.as_str() == stamp_model::slots::ROUTING_SELF {
+        return Err(ApiError::invalid(
+            "`self` names production in the x-ms-routing-name cookie and query; name the slot something else",
+        ));
+    }
     let _w = c.inner.writer.lock().await;
     let app = c.store().app(&name)?;
     let plan = c.store().plan(&app.plan)?;
@@ -528,11 +581,9 @@ pub(crate) async fn create_slot(
             "the slot's hostname label {label} is over 63 characters; use a shorter slot name"
         )));
     }
-    if let Ok(other) = AppName::parse(&label)
-        && c.store().app(&other).is_ok()
-    {
+    if let Some(owner) = label_owner(&c, &label)? {
         return Err(ApiError::conflict(format!(
-            "app {label} exists, so {label}.{} cannot be the hostname of slot {slot_name} of app {name}; pick another slot name",
+            "{label}.{} is the hostname of {owner}; pick another slot name",
             c.inner.config.domain
         )));
     }
@@ -712,6 +763,7 @@ pub(crate) async fn set_routing(
 
 pub(crate) async fn swap(
     State(c): State<Controller>,
+    caller: Caller,
     Path(name): Path<String>,
     JsonBody(req): JsonBody<wire::SwapRequest>,
 ) -> ApiResult<(StatusCode, Json<wire::SwapView>)> {
@@ -742,7 +794,7 @@ pub(crate) async fn swap(
                 let mut next = swap.clone();
                 next.phase = SwapPhase::Applying;
                 next.preview = false;
-                c.store().update_swap(&next)?;
+                c.store().update_swap(&swap, &next)?;
                 c.swap_step(
                     &next,
                     "warming",
@@ -752,7 +804,7 @@ pub(crate) async fn swap(
                 tokio::spawn(async move { c2.drive_swap(app).await });
             }
             "cancel" => {
-                c.store().end_swap(&name)?;
+                c.store().end_swap(&swap)?;
                 c.sync_after_commit();
                 c.swap_step(
                     &swap,
@@ -782,7 +834,7 @@ pub(crate) async fn swap(
             ))
         })?,
     };
-    c.start_swap(&app, &source, &target, req.preview)?;
+    c.start_swap(&app, &source, &target, req.preview, &caller.0)?;
     Ok((StatusCode::ACCEPTED, Json(c.swap_progress(&name))))
 }
 
@@ -851,6 +903,12 @@ pub(crate) async fn rollback(
             }
         )));
     };
+    if old.artifact.is_none() {
+        return Err(ApiError::invalid(format!(
+            "v{} of slot {slot} has no code (it only changed settings before the first deploy), so rolling back to it would stop the slot; roll back to a deployed release",
+            old.version
+        )));
+    }
     let release = c.store().create_release(
         &name,
         &slot,

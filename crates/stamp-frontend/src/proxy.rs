@@ -372,10 +372,20 @@ impl Inner {
             Lookup::App(route) => route,
         };
         // Testing in production: a production route with routing rules may hand the request to
-        // one of its slots, which then serves it as if its own host had been asked for.
+        // one of its slots, which then serves it as if its own host had been asked for, once
+        // production's own gate (access rules, quota stop, HTTPS only) let it through.
         let (route, routing_cookie) = if route.ramp.is_empty() {
             (route, None)
         } else {
+            let production = AppCx {
+                route,
+                state: &snapshot.apps[route.index()],
+                host: host_str,
+                domain: snapshot.table.domain(),
+            };
+            if let Some(refused) = self.gate(&production, &request, conn, start) {
+                return refused;
+            }
             ramp::choose(
                 &snapshot.table,
                 route,
@@ -400,6 +410,34 @@ impl Inner {
         response
     }
 
+    /// The app route's gate: its access rules, its quota stop and HTTPS only. `Some` is the
+    /// refusal (or redirect) to send instead of serving the request.
+    fn gate(
+        &self,
+        cx: &AppCx<'_>,
+        request: &Request<Incoming>,
+        conn: &ConnInfo,
+        start: Instant,
+    ) -> Option<Response<ResponseBody>> {
+        let site = &*cx.route.site;
+        let peer = conn.peer_ip();
+        let client_ip = if forwarded::peer_trusted(peer, &self.config.trusted_proxies) {
+            forwarded::client_ip(peer, request.headers(), &self.config.trusted_proxies)
+        } else {
+            peer
+        };
+        if !site.allows(client_ip) {
+            return Some(self.app_error(FrontendError::AccessDenied, cx, start));
+        }
+        if site.stopped {
+            return Some(self.app_error(FrontendError::AppStopped, cx, start));
+        }
+        if site.https_only && conn.tls.is_none() {
+            return Some(self.redirect_to_https(request, cx, start));
+        }
+        None
+    }
+
     /// Answers a request for the app route `cx.route`: its front-end rules, then the request
     /// forwarded to one of its instances.
     async fn serve_app(
@@ -412,24 +450,11 @@ impl Inner {
         request_id: &HeaderValue,
     ) -> Response<ResponseBody> {
         let route = cx.route;
-        let site = &*route.site;
-
+        if let Some(refused) = self.gate(cx, &request, conn, start) {
+            return refused;
+        }
         let peer = conn.peer_ip();
         let trusted = forwarded::peer_trusted(peer, &self.config.trusted_proxies);
-        let client_ip = if trusted {
-            forwarded::client_ip(peer, request.headers(), &self.config.trusted_proxies)
-        } else {
-            peer
-        };
-        if !site.allows(client_ip) {
-            return self.app_error(FrontendError::AccessDenied, cx, start);
-        }
-        if site.stopped {
-            return self.app_error(FrontendError::AppStopped, cx, start);
-        }
-        if site.https_only && conn.tls.is_none() {
-            return self.redirect_to_https(&request, cx, start);
-        }
         if request.body().size_hint().lower() > self.config.max_request_body {
             return self.app_error(FrontendError::RequestTooLarge, cx, start);
         }

@@ -435,3 +435,58 @@ fn tls_client(leaf_pem: &str) -> tokio_rustls::TlsConnector {
     .with_no_client_auth();
     tokio_rustls::TlsConnector::from(Arc::new(config))
 }
+
+#[tokio::test]
+async fn production_gate_applies_before_a_request_is_routed_to_a_slot() {
+    // Production denies loopback clients and is HTTPS only; staging takes every client.
+    let production = backend("production").await;
+    let staging = backend("staging").await;
+    let app = AppName::parse("hello").expect("app name");
+    let mut site = SiteConfig::default();
+    site.access_rules.push(stamp_model::AccessRule {
+        name: "no-loopback".into(),
+        priority: 1,
+        action: stamp_model::AccessAction::Deny,
+        network: "127.0.0.0/8".parse().expect("network"),
+    });
+    let sites = [
+        SiteRoute::from((app.clone(), site)),
+        SiteRoute {
+            app,
+            slot: SlotName::parse("staging").expect("slot name"),
+            lane: 1,
+            site: SiteConfig::default(),
+            routing: Some(100),
+        },
+    ];
+    let instances = [
+        observed(
+            "hello-web-0",
+            spec_in("hello", "production", "web", 0, 1),
+            InstanceState::Ready,
+            production.port(),
+        ),
+        observed(
+            "hello-staging-web-0",
+            spec_in("hello", "staging", "web", 0, 1),
+            InstanceState::Ready,
+            staging.port(),
+        ),
+    ];
+    let fe = frontend(RouteTable::build_slots("localhost", &sites, &instances)).await;
+    let clients = Clients::new();
+    for query in ["/", "/?x-ms-routing-name=staging"] {
+        let answer = clients.get(fe, "hello.localhost", query, None).await;
+        assert_eq!(
+            answer.status,
+            StatusCode::FORBIDDEN,
+            "{query}: {}",
+            answer.body
+        );
+        assert_eq!(
+            answer.routing_cookie(),
+            None,
+            "{query}: refused before routing"
+        );
+    }
+}

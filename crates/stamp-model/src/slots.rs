@@ -85,6 +85,9 @@ pub struct Swap {
     /// numbered as the target's next release, so the flip restarts nothing.
     pub source_config: LaneConfig,
     pub started_at: Millis,
+    /// Who started it: the author of the two releases the flip makes.
+    #[serde(default)]
+    pub actor: String,
 }
 
 /// The settings a slot ends up with when it takes `incoming`'s content: every setting of

@@ -805,6 +805,7 @@ fn slots_run_on_the_apps_workers_and_a_swap_source_runs_its_swap_config() {
         phase: stamp_model::SwapPhase::Applying,
         source_config: config,
         started_at: Millis::ZERO,
+        actor: String::new(),
     };
     let state = AppState {
         app: &a,

@@ -1311,7 +1311,21 @@ mod tests {
                 health_check: None,
             },
             started_at: Millis(9),
+            actor: "owner".into(),
         };
+        // A swap prepared for another release number than the target's next one does not flip,
+        // and ending a swap that is not the stored one changes nothing.
+        let mut stale = swap.clone();
+        stale.source_config.release = 7;
+        s.start_swap(&stale).unwrap();
+        assert!(matches!(
+            s.complete_swap(&stale, "stamp", Millis(10)),
+            Err(StoreError::Conflict { .. })
+        ));
+        assert!(!s.end_swap(&swap).unwrap());
+        assert_eq!(s.app(&a).unwrap().lane, 0);
+        assert!(s.end_swap(&stale).unwrap());
+
         s.start_swap(&swap).unwrap();
         assert!(matches!(
             s.start_swap(&swap),

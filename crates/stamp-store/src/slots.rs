@@ -340,17 +340,19 @@ impl Store {
         })
     }
 
-    /// Replaces the app's swap in progress (a phase change).
-    pub fn update_swap(&self, swap: &Swap) -> Result<()> {
+    /// Replaces the app's swap in progress (a phase change), only if it is still `current`:
+    /// `false` when another record (or none) is stored.
+    pub fn update_swap(&self, current: &Swap, next: &Swap) -> Result<bool> {
         self.with(|c| {
             let n = c.execute(
-                "UPDATE swaps SET swap = ?2 WHERE app = ?1",
+                "UPDATE swaps SET swap = ?3 WHERE app = ?1 AND swap = ?2",
                 params![
-                    swap.app.as_str(),
-                    serde_json::to_string(swap).map_err(corrupt)?
+                    current.app.as_str(),
+                    serde_json::to_string(current).map_err(corrupt)?,
+                    serde_json::to_string(next).map_err(corrupt)?
                 ],
             )?;
-            found(n, "swap of app", swap.app.to_string())
+            Ok(n > 0)
         })
     }
 
@@ -379,10 +381,19 @@ impl Store {
         })
     }
 
-    /// Forgets the app's swap (cancelled or reverted): the source's lane runs its own release
-    /// again. `false` when there was none.
-    pub fn end_swap(&self, app: &AppName) -> Result<bool> {
-        self.with(|c| Ok(c.execute("DELETE FROM swaps WHERE app = ?1", [app.as_str()])? > 0))
+    /// Forgets a swap (cancelled or reverted): the source's lane runs its own release again.
+    /// `false` when that swap is no longer the one stored (the app was deleted, say).
+    pub fn end_swap(&self, swap: &Swap) -> Result<bool> {
+        self.with(|c| {
+            let n = c.execute(
+                "DELETE FROM swaps WHERE app = ?1 AND swap = ?2",
+                params![
+                    swap.app.as_str(),
+                    serde_json::to_string(swap).map_err(corrupt)?
+                ],
+            )?;
+            Ok(n > 0)
+        })
     }
 
     /// The routing flip, in one transaction: the target gets a release of what the source's
@@ -405,6 +416,31 @@ impl Store {
             let source_version =
                 current_release_tx(tx, &swap.app, &swap.source)?.map_or(0, |r| r.version);
             let config = &swap.source_config;
+            let stored: Option<String> = tx
+                .query_row(
+                    "SELECT swap FROM swaps WHERE app = ?1",
+                    [swap.app.as_str()],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if stored != Some(serde_json::to_string(swap).map_err(corrupt)?) {
+                return Err(StoreError::NotFound {
+                    kind: "swap",
+                    name: format!("{} → {} of app {}", swap.source, swap.target, swap.app),
+                });
+            }
+            let next_target = before.as_ref().map_or(1, |r| r.version + 1);
+            if next_target != config.release {
+                // Someone made a release of the target since the swap started: flipping now
+                // would restart the prepared instances. Callers revert.
+                return Err(StoreError::Conflict {
+                    kind: "release",
+                    name: format!(
+                        "v{next_target} of slot {} (the swap prepared v{})",
+                        swap.target, config.release
+                    ),
+                });
+            }
             let target = insert_release(
                 tx,
                 &swap.app,

@@ -161,11 +161,23 @@ pub enum AccessCmd {
         /// The rule's name (default: <action>-<priority>).
         #[arg(long)]
         name: Option<String>,
+        /// The slot whose rules change (default production; rules never swap).
+        #[arg(long)]
+        slot: Option<String>,
     },
     /// Remove a rule by name.
-    Remove { app: String, name: String },
+    Remove {
+        app: String,
+        name: String,
+        #[arg(long)]
+        slot: Option<String>,
+    },
     /// List the rules in evaluation order.
-    List { app: String },
+    List {
+        app: String,
+        #[arg(long)]
+        slot: Option<String>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -205,8 +217,11 @@ pub enum ConfigCmd {
         #[arg(long)]
         slot: Option<String>,
         /// Mark these settings as slot settings: they stay with their slot in a swap.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "no_slot_setting")]
         slot_setting: bool,
+        /// Make these settings swap with the content again.
+        #[arg(long)]
+        no_slot_setting: bool,
         #[arg(long)]
         no_wait: bool,
     },
@@ -218,6 +233,9 @@ pub enum ConfigCmd {
         /// The slot (default production).
         #[arg(long)]
         slot: Option<String>,
+        /// Also stop treating these names as slot settings.
+        #[arg(long)]
+        no_slot_setting: bool,
         #[arg(long)]
         no_wait: bool,
     },
@@ -692,6 +710,7 @@ async fn access(c: &Client, out: Output, cmd: AccessCmd) -> anyhow::Result<()> {
             allow,
             deny,
             name,
+            slot,
         } => {
             let (action, network) = match (allow, deny) {
                 (Some(n), None) => ("allow", n),
@@ -704,10 +723,12 @@ async fn access(c: &Client, out: Output, cmd: AccessCmd) -> anyhow::Result<()> {
                 action: action.to_string(),
                 network,
             };
-            c.add_access_rule(&app, &rule).await?
+            c.add_access_rule(&app, slot.as_deref(), &rule).await?
         }
-        AccessCmd::Remove { app, name } => c.remove_access_rule(&app, &name).await?,
-        AccessCmd::List { app } => c.access_rules(&app).await?,
+        AccessCmd::Remove { app, name, slot } => {
+            c.remove_access_rule(&app, slot.as_deref(), &name).await?
+        }
+        AccessCmd::List { app, slot } => c.access_rules(&app, slot.as_deref()).await?,
     };
     output::show(out, &rules, |rules| {
         let rows: Vec<Vec<String>> = rules
@@ -749,6 +770,7 @@ async fn config(c: &Client, out: Output, cmd: ConfigCmd) -> anyhow::Result<()> {
             pairs,
             slot,
             slot_setting,
+            no_slot_setting,
             no_wait,
         } => {
             let mut set = BTreeMap::new();
@@ -759,7 +781,7 @@ async fn config(c: &Client, out: Output, cmd: ConfigCmd) -> anyhow::Result<()> {
             let req = wire::UpdateSettings {
                 set,
                 unset: vec![],
-                slot_setting,
+                slot_setting: sticky_flag(slot_setting, no_slot_setting),
             };
             (app, slot, req, no_wait)
         }
@@ -767,6 +789,7 @@ async fn config(c: &Client, out: Output, cmd: ConfigCmd) -> anyhow::Result<()> {
             app,
             keys,
             slot,
+            no_slot_setting,
             no_wait,
         } => (
             app,
@@ -774,7 +797,7 @@ async fn config(c: &Client, out: Output, cmd: ConfigCmd) -> anyhow::Result<()> {
             wire::UpdateSettings {
                 set: BTreeMap::new(),
                 unset: keys,
-                slot_setting: false,
+                slot_setting: sticky_flag(false, no_slot_setting),
             },
             no_wait,
         ),
@@ -796,6 +819,15 @@ async fn config(c: &Client, out: Output, cmd: ConfigCmd) -> anyhow::Result<()> {
             println!("No change.");
         }
     })
+}
+
+/// `--slot-setting` / `--no-slot-setting` as the API takes them.
+fn sticky_flag(mark: bool, unmark: bool) -> Option<bool> {
+    match (mark, unmark) {
+        (true, _) => Some(true),
+        (false, true) => Some(false),
+        (false, false) => None,
+    }
 }
 
 /// Packs a directory into a temporary .tar.gz, or uses an archive file as it is.

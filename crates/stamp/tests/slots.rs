@@ -133,6 +133,20 @@ async fn swap_under_load_loses_nothing_and_sticky_settings_stay() {
     let s = Stamp::start(&tmp.path().join("data"), &[]).await;
     staged(&s).await;
 
+    // Front-end settings belong to their slot: production's access rule stays with it.
+    s.ok(&[
+        "access",
+        "add",
+        "hello",
+        "--priority",
+        "100",
+        "--allow",
+        "127.0.0.1",
+        "--name",
+        "local",
+    ])
+    .await;
+
     let l = load(&s);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let out = s
@@ -164,6 +178,36 @@ async fn swap_under_load_loses_nothing_and_sticky_settings_stay() {
         "the loop never saw the old production"
     );
 
+    // The flip restarted nothing: production is served by the instances that were warmed up.
+    let steps = s.json(&["slot", "status", "hello"]).await;
+    let mut warmed: Vec<String> = steps["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|step| {
+            let rest = step.as_str()?.strip_prefix("warm-up of instance ")?;
+            Some(rest.split(':').next()?.to_string())
+        })
+        .collect();
+    let mut serving: Vec<String> = s
+        .json(&["ps", "hello", "--slot", "production"])
+        .await
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap().to_string())
+        .collect();
+    warmed.sort();
+    serving.sort();
+    assert_eq!(warmed.len(), 2, "{steps:#}");
+    assert_eq!(serving, warmed, "production's instances after the flip");
+    let rules = s.json(&["access", "list", "hello"]).await;
+    assert_eq!(rules[0]["name"], "local", "{rules:#}");
+    let rules = s
+        .json(&["access", "list", "hello", "--slot", "staging"])
+        .await;
+    assert_eq!(rules, serde_json::json!([]));
+
     // The swapped setting moved; the slot setting stayed with each slot.
     assert_eq!(env(&s, "hello", "DB").await, "prod-db");
     assert_eq!(env(&s, "hello", "WEBSITE_SLOT_NAME").await, "production");
@@ -183,7 +227,7 @@ async fn swap_under_load_loses_nothing_and_sticky_settings_stay() {
             .starts_with("Swap from staging"),
         "{releases:#}"
     );
-    assert_eq!(top["actor"], "stamp");
+    assert_eq!(top["actor"], "owner", "the caller who swapped");
     let logs = s
         .wait_log("hello", "the swap's steps", |l| {
             l.contains("routing switched")
@@ -258,7 +302,11 @@ async fn failed_warm_up_reverts_and_bad_input_changes_nothing() {
     let err = s
         .fails(&["slot", "swap", "hello", "--source", "production"])
         .await;
-    assert!(err.contains("two different slots"), "{err}");
+    assert!(err.contains("never its source"), "{err}");
+    let err = s.fails(&["slot", "create", "hello", "self"]).await;
+    assert!(err.contains("`self` names production"), "{err}");
+    let err = s.fails(&["rollback", "hello", "v1"]).await;
+    assert!(err.contains("has no code"), "{err}");
     s.ok(&["slot", "create", "hello", "qa"]).await;
     let err = s
         .fails(&["slot", "route", "hello", "staging=60", "qa=50"])
@@ -308,7 +356,31 @@ async fn failed_warm_up_reverts_and_bad_input_changes_nothing() {
         .fails(&["config", "set", "hello", "X=1", "--slot", "staging"])
         .await;
     assert!(err.contains("is in a swap"), "{err}");
+    let err = s
+        .fails(&[
+            "config",
+            "set",
+            "hello",
+            "X=1",
+            "--slot",
+            "qa",
+            "--slot-setting",
+        ])
+        .await;
+    assert!(err.contains("after it ends"), "{err}");
+    let err = s
+        .fails(&["app", "update", "hello", "--health-path", "/healthz"])
+        .await;
+    assert!(err.contains("is in a swap"), "{err}");
     s.ok(&["slot", "swap", "hello", "--cancel"]).await;
+
+    // A slot setting can be made to swap again.
+    let listed = s.ok(&["config", "list", "hello"]).await;
+    assert!(listed.contains("DB=prod-db  (slot setting)"), "{listed}");
+    s.ok(&["config", "set", "hello", "DB=prod-db", "--no-slot-setting"])
+        .await;
+    let listed = s.ok(&["config", "list", "hello"]).await;
+    assert!(!listed.contains("(slot setting)"), "{listed}");
     s.stop().await;
 }
 
@@ -391,6 +463,10 @@ async fn auto_swap_after_deploy_and_rollback_restores_code_and_settings() {
     s.ok(&["slot", "update", "hello", "staging", "--auto-swap-to", ""])
         .await;
     let releases = s.json(&["releases", "hello"]).await;
+    assert_eq!(
+        releases[0]["actor"], "stamp",
+        "auto swap is the platform's: {releases:#}"
+    );
     let v3 = releases
         .as_array()
         .unwrap()
