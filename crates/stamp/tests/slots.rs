@@ -274,21 +274,22 @@ async fn failed_warm_up_reverts_and_bad_input_changes_nothing() {
     assert!(logs.contains("/status/500 answered 500"), "{logs}");
 
     // Bad input: clear errors, nothing changed.
-    let err = s
-        .fails(&[
+    s.fails_with(
+        &[
             "config",
             "set",
             "hello",
             "WEBSITE_SWAP_WARMUP_PING_PATH=nope",
-        ])
+        ],
+        "starting with '/'",
+    )
+    .await;
+    s.fails_with(&["slot", "create", "hello", "production"], "already")
         .await;
-    assert!(err.contains("starting with '/'"), "{err}");
-    let err = s.fails(&["slot", "create", "hello", "production"]).await;
-    assert!(err.contains("already"), "{err}");
-    let err = s.fails(&["slot", "create", "hello", "Not_A_Label"]).await;
-    assert!(err.contains("slot"), "{err}");
-    let err = s
-        .fails(&[
+    s.fails_with(&["slot", "create", "hello", "Not_A_Label"], "slot")
+        .await;
+    s.fails_with(
+        &[
             "slot",
             "swap",
             "hello",
@@ -296,22 +297,28 @@ async fn failed_warm_up_reverts_and_bad_input_changes_nothing() {
             "staging",
             "--target",
             "other-app",
-        ])
+        ],
+        "no slot named other-app",
+    )
+    .await;
+    s.fails_with(
+        &["slot", "swap", "hello", "--source", "production"],
+        "never its source",
+    )
+    .await;
+    s.fails_with(
+        &["slot", "create", "hello", "self"],
+        "`self` names production",
+    )
+    .await;
+    s.fails_with(&["rollback", "hello", "v1"], "has no code")
         .await;
-    assert!(err.contains("no slot named other-app"), "{err}");
-    let err = s
-        .fails(&["slot", "swap", "hello", "--source", "production"])
-        .await;
-    assert!(err.contains("never its source"), "{err}");
-    let err = s.fails(&["slot", "create", "hello", "self"]).await;
-    assert!(err.contains("`self` names production"), "{err}");
-    let err = s.fails(&["rollback", "hello", "v1"]).await;
-    assert!(err.contains("has no code"), "{err}");
     s.ok(&["slot", "create", "hello", "qa"]).await;
-    let err = s
-        .fails(&["slot", "route", "hello", "staging=60", "qa=50"])
-        .await;
-    assert!(err.contains("over 100"), "{err}");
+    s.fails_with(
+        &["slot", "route", "hello", "staging=60", "qa=50"],
+        "over 100",
+    )
+    .await;
     let slots = s.json(&["slot", "list", "hello"]).await;
     assert!(
         slots
@@ -322,19 +329,25 @@ async fn failed_warm_up_reverts_and_bad_input_changes_nothing() {
         "{slots:#}"
     );
     // The hostname of a slot cannot be taken by an app, nor the reverse.
-    let err = s.fails(&["app", "create", "hello-qa", "--plan", "p"]).await;
-    assert!(err.contains("hostname of slot qa"), "{err}");
+    s.fails_with(
+        &["app", "create", "hello-qa", "--plan", "p"],
+        "hostname of slot qa",
+    )
+    .await;
 
     // Tier limits: Basic has no slots; Standard five per app.
     s.ok(&["plan", "create", "b", "--sku", "B1"]).await;
     s.ok(&["app", "create", "basic", "--plan", "b"]).await;
-    let err = s.fails(&["slot", "create", "basic", "staging"]).await;
-    assert!(err.contains("allows no deployment slots"), "{err}");
+    s.fails_with(
+        &["slot", "create", "basic", "staging"],
+        "allows no deployment slots",
+    )
+    .await;
     for name in ["s3", "s4", "s5"] {
         s.ok(&["slot", "create", "hello", name]).await;
     }
-    let err = s.fails(&["slot", "create", "hello", "s6"]).await;
-    assert!(err.contains("the most plan p"), "{err}");
+    s.fails_with(&["slot", "create", "hello", "s6"], "the most plan p")
+        .await;
 
     // One swap at a time: a swap waiting in preview blocks another, and deploys to its slots.
     s.ok(&[
@@ -348,16 +361,18 @@ async fn failed_warm_up_reverts_and_bad_input_changes_nothing() {
     .await;
     s.ok(&["slot", "swap", "hello", "--source", "staging", "--preview"])
         .await;
-    let err = s
-        .fails(&["slot", "swap", "hello", "--source", "staging"])
-        .await;
-    assert!(err.contains("already running"), "{err}");
-    let err = s
-        .fails(&["config", "set", "hello", "X=1", "--slot", "staging"])
-        .await;
-    assert!(err.contains("is in a swap"), "{err}");
-    let err = s
-        .fails(&[
+    s.fails_with(
+        &["slot", "swap", "hello", "--source", "staging"],
+        "already running",
+    )
+    .await;
+    s.fails_with(
+        &["config", "set", "hello", "X=1", "--slot", "staging"],
+        "is in a swap",
+    )
+    .await;
+    s.fails_with(
+        &[
             "config",
             "set",
             "hello",
@@ -365,13 +380,15 @@ async fn failed_warm_up_reverts_and_bad_input_changes_nothing() {
             "--slot",
             "qa",
             "--slot-setting",
-        ])
-        .await;
-    assert!(err.contains("after it ends"), "{err}");
-    let err = s
-        .fails(&["app", "update", "hello", "--health-path", "/healthz"])
-        .await;
-    assert!(err.contains("is in a swap"), "{err}");
+        ],
+        "after it ends",
+    )
+    .await;
+    s.fails_with(
+        &["app", "update", "hello", "--health-path", "/healthz"],
+        "is in a swap",
+    )
+    .await;
     s.ok(&["slot", "swap", "hello", "--cancel"]).await;
 
     // A slot setting can be made to swap again.
@@ -483,8 +500,8 @@ async fn auto_swap_after_deploy_and_rollback_restores_code_and_settings() {
     assert_greeting(&s, "hello", "old").await;
     let (status, _) = s.get_path("hello", "/read?path=MARK").await;
     assert_eq!(status, 404, "the rolled-back code has no MARK file");
-    let err = s.fails(&["rollback", "hello", "v99"]).await;
-    assert!(err.contains("no release v99"), "{err}");
+    s.fails_with(&["rollback", "hello", "v99"], "no release v99")
+        .await;
     s.stop().await;
 }
 

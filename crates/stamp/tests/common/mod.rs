@@ -120,6 +120,15 @@ impl Stamp {
         err
     }
 
+    /// Runs a CLI command that must fail with an error that mentions `needle`.
+    pub async fn fails_with(&self, args: &[&str], needle: &str) {
+        let err = self.fails(args).await;
+        assert!(
+            err.contains(needle),
+            "stamp {args:?}: {needle:?} not in {err}"
+        );
+    }
+
     pub fn client(&self) -> reqwest::Client {
         reqwest::Client::builder()
             .resolve("hello.localhost", self.http)
