@@ -65,6 +65,24 @@ async fn env(s: &Stamp, label: &str, name: &str) -> String {
     body.trim().to_string()
 }
 
+/// Waits (60 s) until 5 requests in a row to `label` see `want` for setting `name`: after a
+/// rolling restart, an old instance may answer until its replacement is ready.
+async fn wait_env(s: &Stamp, label: &str, name: &str, want: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut streak = 0;
+    while streak < 5 {
+        let got = env(s, label, name).await;
+        streak = if got == want { streak + 1 } else { 0 };
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{label}: {name} stayed {got:?}, not {want:?}"
+        );
+        if streak == 0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
 /// Waits (60 s) until every one of 5 requests to `label` sees `want`.
 async fn wait_greeting(s: &Stamp, label: &str, want: &str) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
@@ -212,7 +230,7 @@ async fn swap_under_load_loses_nothing_and_sticky_settings_stay() {
     assert_eq!(env(&s, "hello", "DB").await, "prod-db");
     assert_eq!(env(&s, "hello", "WEBSITE_SLOT_NAME").await, "production");
     wait_greeting(&s, "hello-staging", "old").await;
-    assert_eq!(env(&s, "hello-staging", "DB").await, "staging-db");
+    wait_env(&s, "hello-staging", "DB", "staging-db").await;
     assert_eq!(
         env(&s, "hello-staging", "WEBSITE_SLOT_NAME").await,
         "staging"
@@ -228,12 +246,13 @@ async fn swap_under_load_loses_nothing_and_sticky_settings_stay() {
         "{releases:#}"
     );
     assert_eq!(top["actor"], "owner", "the caller who swapped");
-    let logs = s
-        .wait_log("hello", "the swap's steps", |l| {
-            l.contains("routing switched")
-        })
-        .await;
-    assert!(logs.contains("warm-up of instance"), "{logs}");
+    // The steps are events in the app's log (among thousands of request lines of the loop).
+    let logs = s.ok(&["logs", "hello", "-n", "100000"]).await;
+    assert!(
+        logs.contains("swap staging → production: routing switched")
+            && logs.contains("swap staging → production: warm-up of instance"),
+        "{logs}"
+    );
 
     // Swapping back is the rollback: production greets with `old` again.
     s.ok(&["slot", "swap", "hello", "--source", "staging"])
@@ -269,8 +288,8 @@ async fn failed_warm_up_reverts_and_bad_input_changes_nothing() {
     );
     assert_greeting(&s, "hello", "old").await;
     wait_greeting(&s, "hello-staging", "new").await;
-    assert_eq!(env(&s, "hello-staging", "DB").await, "staging-db");
-    let logs = s.ok(&["logs", "hello", "-n", "200"]).await;
+    wait_env(&s, "hello-staging", "DB", "staging-db").await;
+    let logs = s.ok(&["logs", "hello", "-n", "100000"]).await;
     assert!(logs.contains("/status/500 answered 500"), "{logs}");
 
     // Bad input: clear errors, nothing changed.
@@ -412,19 +431,12 @@ async fn preview_then_cancel_then_complete() {
         .await;
     assert!(out.contains("preview:"), "{out}");
     // Phase 1: staging runs its code with production's slot settings; production is untouched.
-    assert_eq!(env(&s, "hello-staging", "DB").await, "prod-db");
+    wait_env(&s, "hello-staging", "DB", "prod-db").await;
     assert_greeting(&s, "hello-staging", "new").await;
     assert_greeting(&s, "hello", "old").await;
     let out = s.ok(&["slot", "swap", "hello", "--cancel"]).await;
     assert!(out.contains("cancelled"), "{out}");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while env(&s, "hello-staging", "DB").await != "staging-db" {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "cancel did not restore staging"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_env(&s, "hello-staging", "DB", "staging-db").await;
     assert_greeting(&s, "hello", "old").await;
 
     s.ok(&["slot", "swap", "hello", "--source", "staging", "--preview"])
@@ -633,13 +645,6 @@ async fn a_controller_killed_mid_swap_completes_or_reverts_it() {
     wait_greeting(&s, "hello", production).await;
     wait_greeting(&s, "hello-staging", staging).await;
     assert_eq!(env(&s, "hello", "DB").await, "prod-db");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while env(&s, "hello-staging", "DB").await != "staging-db" {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "staging kept production's DB"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_env(&s, "hello-staging", "DB", "staging-db").await;
     s.stop().await;
 }
