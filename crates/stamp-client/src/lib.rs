@@ -116,7 +116,7 @@ impl Client {
     }
 
     pub async fn plan(&self, name: &str) -> Result<wire::PlanView> {
-        self.get(&format!("/plans/{name}")).await
+        self.get(&format!("/plans/{}", seg(name))).await
     }
 
     pub async fn create_plan(&self, req: &wire::CreatePlan) -> Result<wire::PlanView> {
@@ -125,7 +125,7 @@ impl Client {
 
     pub async fn scale_plan(&self, name: &str, workers: u32) -> Result<wire::PlanView> {
         self.post(
-            &format!("/plans/{name}/scale"),
+            &format!("/plans/{}/scale", seg(name)),
             &wire::ScalePlan { workers },
         )
         .await
@@ -134,14 +134,14 @@ impl Client {
     pub async fn update_plan(&self, name: &str, req: &wire::UpdatePlan) -> Result<wire::PlanView> {
         self.json(
             self.http
-                .patch(self.url(&format!("/plans/{name}")))
+                .patch(self.url(&format!("/plans/{}", seg(name))))
                 .json(req),
         )
         .await
     }
 
     pub async fn formation(&self, app: &str) -> Result<wire::FormationView> {
-        self.get(&format!("/apps/{app}/formation")).await
+        self.get(&format!("/apps/{}/formation", seg(app))).await
     }
 
     /// Sets absolute instance counts per process type (Heroku's `ps:scale web=2 worker=1`).
@@ -152,7 +152,7 @@ impl Client {
     ) -> Result<wire::FormationView> {
         self.json(
             self.http
-                .put(self.url(&format!("/apps/{app}/formation")))
+                .put(self.url(&format!("/apps/{}/formation", seg(app))))
                 .json(&wire::UpdateFormation { counts }),
         )
         .await
@@ -165,14 +165,14 @@ impl Client {
     pub async fn set_pool(&self, size: &str, warm: i64) -> Result<wire::PoolView> {
         self.json(
             self.http
-                .put(self.url(&format!("/pools/{size}")))
+                .put(self.url(&format!("/pools/{}", seg(size))))
                 .json(&wire::SetPool { warm }),
         )
         .await
     }
 
     pub async fn delete_plan(&self, name: &str) -> Result<()> {
-        self.send(self.http.delete(self.url(&format!("/plans/{name}"))))
+        self.send(self.http.delete(self.url(&format!("/plans/{}", seg(name)))))
             .await?;
         Ok(())
     }
@@ -181,7 +181,7 @@ impl Client {
     pub async fn set_autoscale(&self, plan: &str, json: String) -> Result<wire::AutoscaleView> {
         self.json(
             self.http
-                .put(self.url(&format!("/plans/{plan}/autoscale")))
+                .put(self.url(&format!("/plans/{}/autoscale", seg(plan))))
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 .body(json),
         )
@@ -189,7 +189,7 @@ impl Client {
     }
 
     pub async fn autoscale(&self, plan: &str) -> Result<wire::AutoscaleView> {
-        self.get(&format!("/plans/{plan}/autoscale")).await
+        self.get(&format!("/plans/{}/autoscale", seg(plan))).await
     }
 
     pub async fn set_autoscale_enabled(
@@ -198,14 +198,17 @@ impl Client {
         enabled: bool,
     ) -> Result<wire::AutoscaleView> {
         let verb = if enabled { "enable" } else { "disable" };
-        self.post(&format!("/plans/{plan}/autoscale/{verb}"), &())
-            .await
+        self.post(
+            &format!("/plans/{}/autoscale/{}", seg(plan), seg(verb)),
+            &(),
+        )
+        .await
     }
 
     pub async fn delete_autoscale(&self, plan: &str) -> Result<()> {
         self.send(
             self.http
-                .delete(self.url(&format!("/plans/{plan}/autoscale"))),
+                .delete(self.url(&format!("/plans/{}/autoscale", seg(plan)))),
         )
         .await?;
         Ok(())
@@ -219,7 +222,7 @@ impl Client {
     ) -> Result<Vec<wire::AutoscaleRunView>> {
         self.json(
             self.http
-                .get(self.url(&format!("/plans/{plan}/autoscale/history")))
+                .get(self.url(&format!("/plans/{}/autoscale/history", seg(plan))))
                 .query(&[
                     ("limit", limit.to_string()),
                     ("scaled", scaled_only.to_string()),
@@ -232,7 +235,7 @@ impl Client {
     pub async fn post_metric(&self, plan: &str, sample: &wire::MetricSample) -> Result<()> {
         self.send(
             self.http
-                .post(self.url(&format!("/plans/{plan}/metrics")))
+                .post(self.url(&format!("/plans/{}/metrics", seg(plan))))
                 .json(sample),
         )
         .await?;
@@ -244,7 +247,7 @@ impl Client {
     }
 
     pub async fn app(&self, name: &str) -> Result<wire::AppView> {
-        self.get(&format!("/apps/{name}")).await
+        self.get(&format!("/apps/{}", seg(name))).await
     }
 
     pub async fn create_app(&self, req: &wire::CreateApp) -> Result<wire::AppView> {
@@ -259,7 +262,7 @@ impl Client {
     ) -> Result<wire::AppView> {
         self.json(
             self.http
-                .patch(self.url(&format!("/apps/{name}")))
+                .patch(self.url(&format!("/apps/{}", seg(name))))
                 .query(&slot_query(slot))
                 .json(req),
         )
@@ -267,27 +270,28 @@ impl Client {
     }
 
     pub async fn domains(&self, app: &str) -> Result<Vec<String>> {
-        self.get(&format!("/apps/{app}/domains")).await
+        self.get(&format!("/apps/{}/domains", seg(app))).await
     }
 
     pub async fn add_domain(&self, app: &str, domain: &str) -> Result<Vec<String>> {
         self.json(
             self.http
-                .put(self.url(&format!("/apps/{app}/domains/{domain}"))),
+                .put(self.url(&format!("/apps/{}/domains/{}", seg(app), seg(domain)))),
         )
         .await
     }
 
     pub async fn remove_domain(&self, app: &str, domain: &str) -> Result<Vec<String>> {
-        self.json(
-            self.http
-                .delete(self.url(&format!("/apps/{app}/domains/{domain}"))),
-        )
+        self.json(self.http.delete(self.url(&format!(
+            "/apps/{}/domains/{}",
+            seg(app),
+            seg(domain)
+        ))))
         .await
     }
 
     pub async fn certificates(&self, app: &str) -> Result<Vec<wire::CertificateView>> {
-        self.get(&format!("/apps/{app}/certificates")).await
+        self.get(&format!("/apps/{}/certificates", seg(app))).await
     }
 
     pub async fn upload_certificate(
@@ -295,14 +299,16 @@ impl Client {
         app: &str,
         req: &wire::UploadCertificate,
     ) -> Result<wire::CertificateView> {
-        self.post(&format!("/apps/{app}/certificates"), req).await
+        self.post(&format!("/apps/{}/certificates", seg(app)), req)
+            .await
     }
 
     pub async fn remove_certificate(&self, app: &str, thumbprint: &str) -> Result<()> {
-        self.send(
-            self.http
-                .delete(self.url(&format!("/apps/{app}/certificates/{thumbprint}"))),
-        )
+        self.send(self.http.delete(self.url(&format!(
+            "/apps/{}/certificates/{}",
+            seg(app),
+            seg(thumbprint)
+        ))))
         .await?;
         Ok(())
     }
@@ -312,7 +318,7 @@ impl Client {
         app: &str,
         slot: Option<&str>,
     ) -> Result<Vec<wire::AccessRuleView>> {
-        self.get_in(&format!("/apps/{app}/access-rules"), slot)
+        self.get_in(&format!("/apps/{}/access-rules", seg(app)), slot)
             .await
     }
 
@@ -324,7 +330,7 @@ impl Client {
     ) -> Result<Vec<wire::AccessRuleView>> {
         self.json(
             self.http
-                .post(self.url(&format!("/apps/{app}/access-rules")))
+                .post(self.url(&format!("/apps/{}/access-rules", seg(app))))
                 .query(&slot_query(slot))
                 .json(rule),
         )
@@ -339,14 +345,14 @@ impl Client {
     ) -> Result<Vec<wire::AccessRuleView>> {
         self.json(
             self.http
-                .delete(self.url(&format!("/apps/{app}/access-rules/{name}")))
+                .delete(self.url(&format!("/apps/{}/access-rules/{}", seg(app), seg(name))))
                 .query(&slot_query(slot)),
         )
         .await
     }
 
     pub async fn delete_app(&self, name: &str) -> Result<()> {
-        self.send(self.http.delete(self.url(&format!("/apps/{name}"))))
+        self.send(self.http.delete(self.url(&format!("/apps/{}", seg(name)))))
             .await?;
         Ok(())
     }
@@ -354,7 +360,7 @@ impl Client {
     pub async fn restart_app(&self, name: &str, slot: Option<&str>) -> Result<wire::AppView> {
         self.json(
             self.http
-                .post(self.url(&format!("/apps/{name}/restart")))
+                .post(self.url(&format!("/apps/{}/restart", seg(name))))
                 .query(&slot_query(slot))
                 .json(&()),
         )
@@ -375,7 +381,7 @@ impl Client {
     {
         let req = self
             .http
-            .post(self.url(&format!("/apps/{app}/deploy")))
+            .post(self.url(&format!("/apps/{}/deploy", seg(app))))
             .query(&slot_query(slot))
             .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
             .header(reqwest::header::CONTENT_LENGTH, len)
@@ -384,7 +390,8 @@ impl Client {
     }
 
     pub async fn releases(&self, app: &str, slot: Option<&str>) -> Result<Vec<wire::ReleaseView>> {
-        self.get_in(&format!("/apps/{app}/releases"), slot).await
+        self.get_in(&format!("/apps/{}/releases", seg(app)), slot)
+            .await
     }
 
     /// The app's instances: of every slot, or of `slot` only.
@@ -393,11 +400,13 @@ impl Client {
         app: &str,
         slot: Option<&str>,
     ) -> Result<Vec<wire::InstanceView>> {
-        self.get_in(&format!("/apps/{app}/instances"), slot).await
+        self.get_in(&format!("/apps/{}/instances", seg(app)), slot)
+            .await
     }
 
     pub async fn settings(&self, app: &str, slot: Option<&str>) -> Result<wire::SettingsView> {
-        self.get_in(&format!("/apps/{app}/settings"), slot).await
+        self.get_in(&format!("/apps/{}/settings", seg(app)), slot)
+            .await
     }
 
     pub async fn update_settings(
@@ -408,7 +417,7 @@ impl Client {
     ) -> Result<wire::SettingsView> {
         self.json(
             self.http
-                .patch(self.url(&format!("/apps/{app}/settings")))
+                .patch(self.url(&format!("/apps/{}/settings", seg(app))))
                 .query(&slot_query(slot))
                 .json(req),
         )
@@ -416,11 +425,11 @@ impl Client {
     }
 
     pub async fn slots(&self, app: &str) -> Result<Vec<wire::SlotView>> {
-        self.get(&format!("/apps/{app}/slots")).await
+        self.get(&format!("/apps/{}/slots", seg(app))).await
     }
 
     pub async fn create_slot(&self, app: &str, req: &wire::CreateSlot) -> Result<wire::SlotView> {
-        self.post(&format!("/apps/{app}/slots"), req).await
+        self.post(&format!("/apps/{}/slots", seg(app)), req).await
     }
 
     pub async fn update_slot(
@@ -431,7 +440,7 @@ impl Client {
     ) -> Result<wire::SlotView> {
         self.json(
             self.http
-                .patch(self.url(&format!("/apps/{app}/slots/{slot}")))
+                .patch(self.url(&format!("/apps/{}/slots/{}", seg(app), seg(slot))))
                 .json(req),
         )
         .await
@@ -440,7 +449,7 @@ impl Client {
     pub async fn delete_slot(&self, app: &str, slot: &str) -> Result<()> {
         self.send(
             self.http
-                .delete(self.url(&format!("/apps/{app}/slots/{slot}"))),
+                .delete(self.url(&format!("/apps/{}/slots/{}", seg(app), seg(slot)))),
         )
         .await?;
         Ok(())
@@ -453,18 +462,18 @@ impl Client {
     ) -> Result<Vec<wire::SlotView>> {
         self.json(
             self.http
-                .put(self.url(&format!("/apps/{app}/routing")))
+                .put(self.url(&format!("/apps/{}/routing", seg(app))))
                 .json(req),
         )
         .await
     }
 
     pub async fn swap(&self, app: &str, req: &wire::SwapRequest) -> Result<wire::SwapView> {
-        self.post(&format!("/apps/{app}/swap"), req).await
+        self.post(&format!("/apps/{}/swap", seg(app)), req).await
     }
 
     pub async fn swap_status(&self, app: &str) -> Result<wire::SwapView> {
-        self.get(&format!("/apps/{app}/swap")).await
+        self.get(&format!("/apps/{}/swap", seg(app))).await
     }
 
     pub async fn rollback(
@@ -475,7 +484,7 @@ impl Client {
     ) -> Result<wire::ReleaseView> {
         self.json(
             self.http
-                .post(self.url(&format!("/apps/{app}/rollback")))
+                .post(self.url(&format!("/apps/{}/rollback", seg(app))))
                 .query(&slot_query(slot))
                 .json(&wire::Rollback { version }),
         )
@@ -497,13 +506,31 @@ impl Client {
         let resp = self
             .send(
                 self.http
-                    .get(self.url(&format!("/apps/{app}/logs")))
+                    .get(self.url(&format!("/apps/{}/logs", seg(app))))
                     .query(&[("lines", lines.to_string()), ("tail", tail.to_string())]),
             )
             .await?;
         let chunks = resp.bytes_stream();
         Ok(ndjson(chunks))
     }
+}
+
+/// A name as one URL path segment: anything but unreserved characters percent-encoded, so a
+/// name like `../plans/p` reaches the API as a (rejected) name instead of another route.
+fn seg(name: &str) -> std::borrow::Cow<'_, str> {
+    let unreserved = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~');
+    if name.bytes().all(unreserved) && name != "." && name != ".." {
+        return std::borrow::Cow::Borrowed(name);
+    }
+    let mut out = String::with_capacity(name.len() * 3);
+    for b in name.bytes() {
+        if unreserved(b) && b != b'.' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// `?slot=` when a slot is named (the API defaults to production).
@@ -536,4 +563,19 @@ where
             }
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::seg;
+
+    #[test]
+    fn names_stay_one_path_segment() {
+        assert_eq!(seg("hello"), "hello");
+        assert_eq!(seg("www.example.com"), "www.example.com");
+        assert_eq!(seg("../plans/p"), "%2E%2E%2Fplans%2Fp");
+        assert_eq!(seg(".."), "%2E%2E");
+        assert_eq!(seg("*.example.com"), "%2A%2Eexample%2Ecom");
+        assert_eq!(seg("a?b#c"), "a%3Fb%23c");
+    }
 }
