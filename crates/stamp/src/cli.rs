@@ -880,14 +880,54 @@ async fn deploy(c: &Client, out: Output, args: DeployArgs) -> anyhow::Result<()>
         );
     }
     if !args.no_wait && out == Output::Table {
-        wait_slot_rollout(
-            c,
-            &args.app,
-            args.slot.as_deref(),
-            Some(release.version),
-            Duration::from_secs(args.timeout),
-        )
-        .await?;
+        // A slot with auto swap goes straight into a swap: follow that instead of the rollout.
+        let auto_swap = match args.slot.as_deref() {
+            Some(slot) if slot != "production" => c
+                .slots(&args.app)
+                .await?
+                .into_iter()
+                .find(|s| s.name == slot)
+                .and_then(|s| s.auto_swap_to),
+            _ => None,
+        };
+        match auto_swap {
+            Some(target) => {
+                // The API started the swap before answering; a swap already ended is an older
+                // one, and this deploy's auto swap did not start (the log says why).
+                if c.swap_status(&args.app).await?.done {
+                    bail!(
+                        "release v{} is deployed, but its auto swap into {target} did not start; see `stamp logs {}`",
+                        release.version,
+                        args.app
+                    );
+                }
+                println!("Auto swap into {target}:");
+                let view = crate::slots::follow_swap(
+                    c,
+                    &args.app,
+                    out,
+                    0,
+                    Duration::from_secs(args.timeout),
+                )
+                .await?;
+                if view.state == "reverted" {
+                    bail!(
+                        "release v{} is deployed, but its auto swap into {target} was reverted",
+                        release.version
+                    );
+                }
+            }
+            None => {
+                wait_slot_rollout(
+                    c,
+                    &args.app,
+                    args.slot.as_deref(),
+                    Some(release.version),
+                    Duration::from_secs(args.timeout),
+                )
+                .await?
+            }
+        }
     }
     output::show(out, &release, |_| {})
 }

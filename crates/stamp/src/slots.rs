@@ -225,7 +225,7 @@ pub async fn slot(c: &Client, out: Output, cmd: SlotCmd) -> anyhow::Result<()> {
 }
 
 /// Prints each new step of the app's swap until it ends or waits in preview.
-async fn follow_swap(
+pub(crate) async fn follow_swap(
     c: &Client,
     app: &str,
     out: Output,

@@ -467,16 +467,22 @@ async fn auto_swap_after_deploy_and_rollback_restores_code_and_settings() {
     let marked = tmp.path().join("marked");
     copy_dir(&hello_dir(), &marked);
     std::fs::write(marked.join("MARK"), "two").unwrap();
-    s.ok(&[
-        "deploy",
-        marked.to_str().unwrap(),
-        "--app",
-        "hello",
-        "--slot",
-        "staging",
-    ])
-    .await;
-    wait_greeting(&s, "hello", "new").await;
+    // The deploy follows its auto swap to the end.
+    let out = s
+        .ok(&[
+            "deploy",
+            marked.to_str().unwrap(),
+            "--app",
+            "hello",
+            "--slot",
+            "staging",
+        ])
+        .await;
+    assert!(
+        out.contains("Auto swap into production:") && out.contains("routing switched"),
+        "{out}"
+    );
+    assert_greeting(&s, "hello", "new").await;
     let (_, mark) = s.get_path("hello", "/read?path=MARK").await;
     assert_eq!(mark, "two");
     let logs = s
