@@ -1413,8 +1413,11 @@ async fn deploy(
             digest.short()
         ),
     );
-    c.synced()?;
-    c.auto_swap(&name, &slot);
+    // With auto swap the new release goes straight into a swap, whose start publishes it: the
+    // slot's lane starts once, with the swap's configuration.
+    if !c.auto_swap(&name, &slot) {
+        c.synced()?;
+    }
     drop(w);
     Ok((StatusCode::CREATED, Json(release_view(&release))))
 }

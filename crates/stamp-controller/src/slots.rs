@@ -499,20 +499,24 @@ impl Controller {
         Ok(())
     }
 
-    /// After a deploy to `slot`: its auto swap, if it has one.
-    pub(crate) fn auto_swap(&self, app: &AppName, slot: &SlotName) {
+    /// After a deploy to `slot` (the writer lock held): its auto swap, if it has one. `true`
+    /// when a swap started, which published desired state.
+    pub(crate) fn auto_swap(&self, app: &AppName, slot: &SlotName) -> bool {
         let Ok(app) = self.store().app(app) else {
-            return;
+            return false;
         };
         let Some(target) = app.slot(slot).and_then(|s| s.auto_swap_to) else {
-            return;
+            return false;
         };
         match self.start_swap(&app, slot, &target, false, PLATFORM) {
-            Ok(_) => {}
-            Err(e) => self.inner.logs.event(
-                &app.name,
-                &format!("auto swap {slot} → {target} not started: {}", e.message),
-            ),
+            Ok(_) => true,
+            Err(e) => {
+                self.inner.logs.event(
+                    &app.name,
+                    &format!("auto swap {slot} → {target} not started: {}", e.message),
+                );
+                false
+            }
         }
     }
 }
