@@ -81,14 +81,26 @@ pub struct RollbackArgs {
 }
 
 fn slot_rows(list: &[wire::SlotView]) {
+    // Production gets what the routing rules leave, once there is any rule.
+    let rules: Vec<u32> = list
+        .iter()
+        .filter_map(|s| s.routing)
+        .map(u32::from)
+        .collect();
+    let rest = (!rules.is_empty()).then(|| 100u32.saturating_sub(rules.iter().sum()));
     let rows: Vec<Vec<String>> = list
         .iter()
         .map(|s| {
+            let traffic = match (s.name.as_str(), s.routing, rest) {
+                ("production", _, Some(rest)) => format!("{rest}%"),
+                (_, Some(p), _) => format!("{p}%"),
+                _ => "-".into(),
+            };
             vec![
                 s.name.clone(),
                 s.release.map_or("-".into(), |v| format!("v{v}")),
                 format!("{}/{}", s.instances.ready, s.instances.desired),
-                s.routing.map_or("-".into(), |p| format!("{p}%")),
+                traffic,
                 s.auto_swap_to.clone().unwrap_or_else(|| "-".into()),
                 s.url.clone(),
             ]

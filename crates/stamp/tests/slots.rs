@@ -531,6 +531,13 @@ async fn traffic_routing_by_percentage_with_pinning_and_opt_in() {
     s.ok(&["slot", "route", "hello", "staging=30"]).await;
     let slots = s.json(&["slot", "list", "hello"]).await;
     assert_eq!(slots[1]["routing"], 30, "{slots:#}");
+    let table = s.ok(&["slot", "list", "hello"]).await;
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("production") && l.contains("70%")),
+        "{table}"
+    );
     let logs = s.ok(&["logs", "hello", "-n", "200"]).await;
     assert!(logs.contains("traffic routing: staging=30 %"), "{logs}");
 
