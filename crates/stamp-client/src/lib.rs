@@ -25,6 +25,9 @@ pub enum ClientError {
     },
     #[error("unexpected answer from the Stamp API: {0}")]
     Protocol(String),
+    /// A name that cannot be one URL path segment (empty, `.` or `..`).
+    #[error("{0:?} is not a valid name")]
+    BadName(String),
 }
 
 impl ClientError {
@@ -116,7 +119,7 @@ impl Client {
     }
 
     pub async fn plan(&self, name: &str) -> Result<wire::PlanView> {
-        self.get(&format!("/plans/{}", seg(name))).await
+        self.get(&format!("/plans/{}", seg(name)?)).await
     }
 
     pub async fn create_plan(&self, req: &wire::CreatePlan) -> Result<wire::PlanView> {
@@ -125,7 +128,7 @@ impl Client {
 
     pub async fn scale_plan(&self, name: &str, workers: u32) -> Result<wire::PlanView> {
         self.post(
-            &format!("/plans/{}/scale", seg(name)),
+            &format!("/plans/{}/scale", seg(name)?),
             &wire::ScalePlan { workers },
         )
         .await
@@ -134,14 +137,14 @@ impl Client {
     pub async fn update_plan(&self, name: &str, req: &wire::UpdatePlan) -> Result<wire::PlanView> {
         self.json(
             self.http
-                .patch(self.url(&format!("/plans/{}", seg(name))))
+                .patch(self.url(&format!("/plans/{}", seg(name)?)))
                 .json(req),
         )
         .await
     }
 
     pub async fn formation(&self, app: &str) -> Result<wire::FormationView> {
-        self.get(&format!("/apps/{}/formation", seg(app))).await
+        self.get(&format!("/apps/{}/formation", seg(app)?)).await
     }
 
     /// Sets absolute instance counts per process type (Heroku's `ps:scale web=2 worker=1`).
@@ -152,7 +155,7 @@ impl Client {
     ) -> Result<wire::FormationView> {
         self.json(
             self.http
-                .put(self.url(&format!("/apps/{}/formation", seg(app))))
+                .put(self.url(&format!("/apps/{}/formation", seg(app)?)))
                 .json(&wire::UpdateFormation { counts }),
         )
         .await
@@ -165,15 +168,18 @@ impl Client {
     pub async fn set_pool(&self, size: &str, warm: i64) -> Result<wire::PoolView> {
         self.json(
             self.http
-                .put(self.url(&format!("/pools/{}", seg(size))))
+                .put(self.url(&format!("/pools/{}", seg(size)?)))
                 .json(&wire::SetPool { warm }),
         )
         .await
     }
 
     pub async fn delete_plan(&self, name: &str) -> Result<()> {
-        self.send(self.http.delete(self.url(&format!("/plans/{}", seg(name)))))
-            .await?;
+        self.send(
+            self.http
+                .delete(self.url(&format!("/plans/{}", seg(name)?))),
+        )
+        .await?;
         Ok(())
     }
 
@@ -181,7 +187,7 @@ impl Client {
     pub async fn set_autoscale(&self, plan: &str, json: String) -> Result<wire::AutoscaleView> {
         self.json(
             self.http
-                .put(self.url(&format!("/plans/{}/autoscale", seg(plan))))
+                .put(self.url(&format!("/plans/{}/autoscale", seg(plan)?)))
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 .body(json),
         )
@@ -189,7 +195,7 @@ impl Client {
     }
 
     pub async fn autoscale(&self, plan: &str) -> Result<wire::AutoscaleView> {
-        self.get(&format!("/plans/{}/autoscale", seg(plan))).await
+        self.get(&format!("/plans/{}/autoscale", seg(plan)?)).await
     }
 
     pub async fn set_autoscale_enabled(
@@ -199,7 +205,7 @@ impl Client {
     ) -> Result<wire::AutoscaleView> {
         let verb = if enabled { "enable" } else { "disable" };
         self.post(
-            &format!("/plans/{}/autoscale/{}", seg(plan), seg(verb)),
+            &format!("/plans/{}/autoscale/{}", seg(plan)?, seg(verb)?),
             &(),
         )
         .await
@@ -208,7 +214,7 @@ impl Client {
     pub async fn delete_autoscale(&self, plan: &str) -> Result<()> {
         self.send(
             self.http
-                .delete(self.url(&format!("/plans/{}/autoscale", seg(plan)))),
+                .delete(self.url(&format!("/plans/{}/autoscale", seg(plan)?))),
         )
         .await?;
         Ok(())
@@ -222,7 +228,7 @@ impl Client {
     ) -> Result<Vec<wire::AutoscaleRunView>> {
         self.json(
             self.http
-                .get(self.url(&format!("/plans/{}/autoscale/history", seg(plan))))
+                .get(self.url(&format!("/plans/{}/autoscale/history", seg(plan)?)))
                 .query(&[
                     ("limit", limit.to_string()),
                     ("scaled", scaled_only.to_string()),
@@ -235,7 +241,7 @@ impl Client {
     pub async fn post_metric(&self, plan: &str, sample: &wire::MetricSample) -> Result<()> {
         self.send(
             self.http
-                .post(self.url(&format!("/plans/{}/metrics", seg(plan))))
+                .post(self.url(&format!("/plans/{}/metrics", seg(plan)?)))
                 .json(sample),
         )
         .await?;
@@ -247,7 +253,7 @@ impl Client {
     }
 
     pub async fn app(&self, name: &str) -> Result<wire::AppView> {
-        self.get(&format!("/apps/{}", seg(name))).await
+        self.get(&format!("/apps/{}", seg(name)?)).await
     }
 
     pub async fn create_app(&self, req: &wire::CreateApp) -> Result<wire::AppView> {
@@ -262,7 +268,7 @@ impl Client {
     ) -> Result<wire::AppView> {
         self.json(
             self.http
-                .patch(self.url(&format!("/apps/{}", seg(name))))
+                .patch(self.url(&format!("/apps/{}", seg(name)?)))
                 .query(&slot_query(slot))
                 .json(req),
         )
@@ -270,13 +276,13 @@ impl Client {
     }
 
     pub async fn domains(&self, app: &str) -> Result<Vec<String>> {
-        self.get(&format!("/apps/{}/domains", seg(app))).await
+        self.get(&format!("/apps/{}/domains", seg(app)?)).await
     }
 
     pub async fn add_domain(&self, app: &str, domain: &str) -> Result<Vec<String>> {
         self.json(
             self.http
-                .put(self.url(&format!("/apps/{}/domains/{}", seg(app), seg(domain)))),
+                .put(self.url(&format!("/apps/{}/domains/{}", seg(app)?, seg(domain)?))),
         )
         .await
     }
@@ -284,14 +290,14 @@ impl Client {
     pub async fn remove_domain(&self, app: &str, domain: &str) -> Result<Vec<String>> {
         self.json(self.http.delete(self.url(&format!(
             "/apps/{}/domains/{}",
-            seg(app),
-            seg(domain)
+            seg(app)?,
+            seg(domain)?
         ))))
         .await
     }
 
     pub async fn certificates(&self, app: &str) -> Result<Vec<wire::CertificateView>> {
-        self.get(&format!("/apps/{}/certificates", seg(app))).await
+        self.get(&format!("/apps/{}/certificates", seg(app)?)).await
     }
 
     pub async fn upload_certificate(
@@ -299,15 +305,15 @@ impl Client {
         app: &str,
         req: &wire::UploadCertificate,
     ) -> Result<wire::CertificateView> {
-        self.post(&format!("/apps/{}/certificates", seg(app)), req)
+        self.post(&format!("/apps/{}/certificates", seg(app)?), req)
             .await
     }
 
     pub async fn remove_certificate(&self, app: &str, thumbprint: &str) -> Result<()> {
         self.send(self.http.delete(self.url(&format!(
             "/apps/{}/certificates/{}",
-            seg(app),
-            seg(thumbprint)
+            seg(app)?,
+            seg(thumbprint)?
         ))))
         .await?;
         Ok(())
@@ -318,7 +324,7 @@ impl Client {
         app: &str,
         slot: Option<&str>,
     ) -> Result<Vec<wire::AccessRuleView>> {
-        self.get_in(&format!("/apps/{}/access-rules", seg(app)), slot)
+        self.get_in(&format!("/apps/{}/access-rules", seg(app)?), slot)
             .await
     }
 
@@ -330,7 +336,7 @@ impl Client {
     ) -> Result<Vec<wire::AccessRuleView>> {
         self.json(
             self.http
-                .post(self.url(&format!("/apps/{}/access-rules", seg(app))))
+                .post(self.url(&format!("/apps/{}/access-rules", seg(app)?)))
                 .query(&slot_query(slot))
                 .json(rule),
         )
@@ -345,14 +351,14 @@ impl Client {
     ) -> Result<Vec<wire::AccessRuleView>> {
         self.json(
             self.http
-                .delete(self.url(&format!("/apps/{}/access-rules/{}", seg(app), seg(name))))
+                .delete(self.url(&format!("/apps/{}/access-rules/{}", seg(app)?, seg(name)?)))
                 .query(&slot_query(slot)),
         )
         .await
     }
 
     pub async fn delete_app(&self, name: &str) -> Result<()> {
-        self.send(self.http.delete(self.url(&format!("/apps/{}", seg(name)))))
+        self.send(self.http.delete(self.url(&format!("/apps/{}", seg(name)?))))
             .await?;
         Ok(())
     }
@@ -360,7 +366,7 @@ impl Client {
     pub async fn restart_app(&self, name: &str, slot: Option<&str>) -> Result<wire::AppView> {
         self.json(
             self.http
-                .post(self.url(&format!("/apps/{}/restart", seg(name))))
+                .post(self.url(&format!("/apps/{}/restart", seg(name)?)))
                 .query(&slot_query(slot))
                 .json(&()),
         )
@@ -381,7 +387,7 @@ impl Client {
     {
         let req = self
             .http
-            .post(self.url(&format!("/apps/{}/deploy", seg(app))))
+            .post(self.url(&format!("/apps/{}/deploy", seg(app)?)))
             .query(&slot_query(slot))
             .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
             .header(reqwest::header::CONTENT_LENGTH, len)
@@ -390,7 +396,7 @@ impl Client {
     }
 
     pub async fn releases(&self, app: &str, slot: Option<&str>) -> Result<Vec<wire::ReleaseView>> {
-        self.get_in(&format!("/apps/{}/releases", seg(app)), slot)
+        self.get_in(&format!("/apps/{}/releases", seg(app)?), slot)
             .await
     }
 
@@ -400,12 +406,12 @@ impl Client {
         app: &str,
         slot: Option<&str>,
     ) -> Result<Vec<wire::InstanceView>> {
-        self.get_in(&format!("/apps/{}/instances", seg(app)), slot)
+        self.get_in(&format!("/apps/{}/instances", seg(app)?), slot)
             .await
     }
 
     pub async fn settings(&self, app: &str, slot: Option<&str>) -> Result<wire::SettingsView> {
-        self.get_in(&format!("/apps/{}/settings", seg(app)), slot)
+        self.get_in(&format!("/apps/{}/settings", seg(app)?), slot)
             .await
     }
 
@@ -417,7 +423,7 @@ impl Client {
     ) -> Result<wire::SettingsView> {
         self.json(
             self.http
-                .patch(self.url(&format!("/apps/{}/settings", seg(app))))
+                .patch(self.url(&format!("/apps/{}/settings", seg(app)?)))
                 .query(&slot_query(slot))
                 .json(req),
         )
@@ -425,11 +431,11 @@ impl Client {
     }
 
     pub async fn slots(&self, app: &str) -> Result<Vec<wire::SlotView>> {
-        self.get(&format!("/apps/{}/slots", seg(app))).await
+        self.get(&format!("/apps/{}/slots", seg(app)?)).await
     }
 
     pub async fn create_slot(&self, app: &str, req: &wire::CreateSlot) -> Result<wire::SlotView> {
-        self.post(&format!("/apps/{}/slots", seg(app)), req).await
+        self.post(&format!("/apps/{}/slots", seg(app)?), req).await
     }
 
     pub async fn update_slot(
@@ -440,7 +446,7 @@ impl Client {
     ) -> Result<wire::SlotView> {
         self.json(
             self.http
-                .patch(self.url(&format!("/apps/{}/slots/{}", seg(app), seg(slot))))
+                .patch(self.url(&format!("/apps/{}/slots/{}", seg(app)?, seg(slot)?)))
                 .json(req),
         )
         .await
@@ -449,7 +455,7 @@ impl Client {
     pub async fn delete_slot(&self, app: &str, slot: &str) -> Result<()> {
         self.send(
             self.http
-                .delete(self.url(&format!("/apps/{}/slots/{}", seg(app), seg(slot)))),
+                .delete(self.url(&format!("/apps/{}/slots/{}", seg(app)?, seg(slot)?))),
         )
         .await?;
         Ok(())
@@ -462,18 +468,18 @@ impl Client {
     ) -> Result<Vec<wire::SlotView>> {
         self.json(
             self.http
-                .put(self.url(&format!("/apps/{}/routing", seg(app))))
+                .put(self.url(&format!("/apps/{}/routing", seg(app)?)))
                 .json(req),
         )
         .await
     }
 
     pub async fn swap(&self, app: &str, req: &wire::SwapRequest) -> Result<wire::SwapView> {
-        self.post(&format!("/apps/{}/swap", seg(app)), req).await
+        self.post(&format!("/apps/{}/swap", seg(app)?), req).await
     }
 
     pub async fn swap_status(&self, app: &str) -> Result<wire::SwapView> {
-        self.get(&format!("/apps/{}/swap", seg(app))).await
+        self.get(&format!("/apps/{}/swap", seg(app)?)).await
     }
 
     pub async fn rollback(
@@ -484,7 +490,7 @@ impl Client {
     ) -> Result<wire::ReleaseView> {
         self.json(
             self.http
-                .post(self.url(&format!("/apps/{}/rollback", seg(app))))
+                .post(self.url(&format!("/apps/{}/rollback", seg(app)?)))
                 .query(&slot_query(slot))
                 .json(&wire::Rollback { version }),
         )
@@ -506,7 +512,7 @@ impl Client {
         let resp = self
             .send(
                 self.http
-                    .get(self.url(&format!("/apps/{}/logs", seg(app))))
+                    .get(self.url(&format!("/apps/{}/logs", seg(app)?)))
                     .query(&[("lines", lines.to_string()), ("tail", tail.to_string())]),
             )
             .await?;
@@ -516,11 +522,15 @@ impl Client {
 }
 
 /// A name as one URL path segment: anything but unreserved characters percent-encoded, so a
-/// name like `../plans/p` reaches the API as a (rejected) name instead of another route.
-fn seg(name: &str) -> std::borrow::Cow<'_, str> {
+/// name like `../plans/p` reaches the API as a (rejected) name instead of another route. URL
+/// parsers resolve `.` and `..` even percent-encoded, so those (and the empty name) are refused.
+fn seg(name: &str) -> Result<std::borrow::Cow<'_, str>> {
+    if matches!(name, "" | "." | "..") {
+        return Err(ClientError::BadName(name.to_string()));
+    }
     let unreserved = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~');
-    if name.bytes().all(unreserved) && name != "." && name != ".." {
-        return std::borrow::Cow::Borrowed(name);
+    if name.bytes().all(unreserved) {
+        return Ok(std::borrow::Cow::Borrowed(name));
     }
     let mut out = String::with_capacity(name.len() * 3);
     for b in name.bytes() {
@@ -530,7 +540,7 @@ fn seg(name: &str) -> std::borrow::Cow<'_, str> {
             out.push_str(&format!("%{b:02X}"));
         }
     }
-    std::borrow::Cow::Owned(out)
+    Ok(std::borrow::Cow::Owned(out))
 }
 
 /// `?slot=` when a slot is named (the API defaults to production).
@@ -571,11 +581,14 @@ mod tests {
 
     #[test]
     fn names_stay_one_path_segment() {
-        assert_eq!(seg("hello"), "hello");
-        assert_eq!(seg("www.example.com"), "www.example.com");
-        assert_eq!(seg("../plans/p"), "%2E%2E%2Fplans%2Fp");
-        assert_eq!(seg(".."), "%2E%2E");
-        assert_eq!(seg("*.example.com"), "%2A%2Eexample%2Ecom");
-        assert_eq!(seg("a?b#c"), "a%3Fb%23c");
+        let seg = |s| seg(s).map(|s| s.into_owned()).ok();
+        assert_eq!(seg("hello").as_deref(), Some("hello"));
+        assert_eq!(seg("www.example.com").as_deref(), Some("www.example.com"));
+        assert_eq!(seg("../plans/p").as_deref(), Some("%2E%2E%2Fplans%2Fp"));
+        assert_eq!(seg("*.example.com").as_deref(), Some("%2A%2Eexample%2Ecom"));
+        assert_eq!(seg("a?b#c").as_deref(), Some("a%3Fb%23c"));
+        assert_eq!(seg(".."), None);
+        assert_eq!(seg("."), None);
+        assert_eq!(seg(""), None);
     }
 }

@@ -137,7 +137,9 @@ struct Inner {
     /// Every slot of every app with its front-end configuration, for the routing task.
     apps: watch::Sender<Vec<SiteRoute>>,
     /// Each app's current or last swap, as the CLI follows it.
-    swaps: Mutex<std::collections::HashMap<AppName, stamp_api_types::SwapView>>,
+    /// Keyed by app; the swap's start time tells one swap's progress from the next one's.
+    swaps:
+        Mutex<std::collections::HashMap<AppName, (stamp_model::Millis, stamp_api_types::SwapView)>>,
     /// Set when the stamp stops: long-lived responses (log tails) end.
     stopping: watch::Sender<bool>,
     /// One-second samples of plan metrics, for autoscale.

@@ -69,6 +69,7 @@ pub(crate) fn label_owner(c: &Controller, label: &str) -> ApiResult<Option<Strin
     for (i, _) in label.match_indices('-') {
         let (owner, slot) = (&label[..i], &label[i + 1..]);
         if let (Ok(owner), Ok(slot)) = (AppName::parse(owner), SlotName::parse(slot))
+            && !slot.is_production()
             && let Ok(owner) = c.store().app(&owner)
             && owner.slot(&slot).is_some()
         {
@@ -129,24 +130,22 @@ impl Controller {
         let line = format!("swap {} → {}: {text}", swap.source, swap.target);
         self.inner.logs.event(&swap.app, &line);
         let mut all = self.inner.swaps.lock().unwrap_or_else(|p| p.into_inner());
-        let view = all
-            .entry(swap.app.clone())
-            .or_insert_with(|| wire::SwapView {
-                source: swap.source.to_string(),
-                target: swap.target.to_string(),
-                state: state.to_string(),
-                done: false,
-                steps: Vec::new(),
-            });
-        if view.done {
-            // A new swap of the same app: start its progress afresh.
-            *view = wire::SwapView {
-                source: swap.source.to_string(),
-                target: swap.target.to_string(),
-                state: state.to_string(),
-                done: false,
-                steps: Vec::new(),
-            };
+        let fresh = || {
+            (
+                swap.started_at,
+                wire::SwapView {
+                    source: swap.source.to_string(),
+                    target: swap.target.to_string(),
+                    state: state.to_string(),
+                    done: false,
+                    steps: Vec::new(),
+                },
+            )
+        };
+        let (started_at, view) = all.entry(swap.app.clone()).or_insert_with(fresh);
+        if *started_at != swap.started_at {
+            // Another swap of the same app: its progress starts afresh.
+            (*started_at, *view) = fresh();
         }
         view.state = state.to_string();
         view.done = matches!(state, "completed" | "reverted");
@@ -319,7 +318,10 @@ impl Controller {
         // A cancel could not have happened (only previews cancel), but the record is the truth.
         match self.store().swap(&app) {
             Ok(Some(s)) if s == swap => {}
-            _ => return,
+            _ => {
+                self.swap_step(&swap, "reverted", "ended: the swap was no longer stored");
+                return;
+            }
         }
         match self.store().complete_swap(&swap, &swap.actor, self.now()) {
             Ok(releases) => {
@@ -349,8 +351,19 @@ impl Controller {
     async fn revert_swap(&self, swap: &Swap, reason: &str) {
         let _w = self.inner.writer.lock().await;
         match self.store().end_swap(swap) {
-            // Gone already: the app was deleted.
-            Ok(false) => {}
+            // Gone already (the app was deleted, or the record changed): nothing to undo.
+            Ok(false) => {
+                // A deleted app gets no log lines (they would recreate its log file).
+                if self.store().app(&swap.app).is_ok() {
+                    self.swap_step(
+                        swap,
+                        "reverted",
+                        &format!(
+                            "ended without a revert ({reason}): the swap was no longer stored"
+                        ),
+                    );
+                }
+            }
             Ok(true) => {
                 self.sync_after_commit();
                 self.swap_step(
@@ -738,6 +751,17 @@ pub(crate) async fn set_routing(
             "the shares add up to {total} %, over 100 %; lower them so production keeps the rest"
         )));
     }
+    for slot in &named {
+        if req.rules[slot.as_str()] > 0
+            && c.store()
+                .current_release(&name, slot)?
+                .is_none_or(|r| r.artifact.is_none())
+        {
+            return Err(ApiError::invalid(format!(
+                "slot {slot} has no deployed code, so its share of clients would get errors (and stay pinned to it for an hour); deploy to it first, or use {slot}=0 for opt-in only"
+            )));
+        }
+    }
     let rules: Vec<(SlotName, Option<u8>)> = app
         .slots
         .iter()
@@ -798,7 +822,11 @@ pub(crate) async fn swap(
                 let mut next = swap.clone();
                 next.phase = SwapPhase::Applying;
                 next.preview = false;
-                c.store().update_swap(&swap, &next)?;
+                if !c.store().update_swap(&swap, &next)? {
+                    return Err(ApiError::conflict(format!(
+                        "the swap of app {name} changed meanwhile; `stamp slot status {name}` shows where it is"
+                    )));
+                }
                 c.swap_step(
                     &next,
                     "warming",
@@ -808,7 +836,11 @@ pub(crate) async fn swap(
                 tokio::spawn(async move { c2.drive_swap(app).await });
             }
             "cancel" => {
-                c.store().end_swap(&swap)?;
+                if !c.store().end_swap(&swap)? {
+                    return Err(ApiError::conflict(format!(
+                        "the swap of app {name} changed meanwhile; `stamp slot status {name}` shows where it is"
+                    )));
+                }
                 c.sync_after_commit();
                 c.swap_step(
                     &swap,
@@ -861,7 +893,7 @@ impl Controller {
             .unwrap_or_else(|p| p.into_inner())
             .get(app)
         {
-            return v.clone();
+            return v.1.clone();
         }
         match self.store().swap(app) {
             Ok(Some(s)) => wire::SwapView {

@@ -61,9 +61,20 @@ fn table(
     staging: Option<SocketAddr>,
     routing: Option<u8>,
 ) -> RouteTable {
+    table_with(domain, SiteConfig::default(), production, staging, routing)
+}
+
+/// [`table`] with production's front-end configuration `site`.
+fn table_with(
+    domain: &str,
+    site: SiteConfig,
+    production: SocketAddr,
+    staging: Option<SocketAddr>,
+    routing: Option<u8>,
+) -> RouteTable {
     let app = AppName::parse("hello").expect("app name");
     let sites = [
-        SiteRoute::from((app.clone(), SiteConfig::default())),
+        SiteRoute::from((app.clone(), site)),
         SiteRoute {
             app,
             slot: SlotName::parse("staging").expect("slot name"),
@@ -438,10 +449,7 @@ fn tls_client(leaf_pem: &str) -> tokio_rustls::TlsConnector {
 
 #[tokio::test]
 async fn production_gate_applies_before_a_request_is_routed_to_a_slot() {
-    // Production denies loopback clients and is HTTPS only; staging takes every client.
-    let production = backend("production").await;
-    let staging = backend("staging").await;
-    let app = AppName::parse("hello").expect("app name");
+    // Production denies loopback clients; staging takes every client.
     let mut site = SiteConfig::default();
     site.access_rules.push(stamp_model::AccessRule {
         name: "no-loopback".into(),
@@ -449,31 +457,7 @@ async fn production_gate_applies_before_a_request_is_routed_to_a_slot() {
         action: stamp_model::AccessAction::Deny,
         network: "127.0.0.0/8".parse().expect("network"),
     });
-    let sites = [
-        SiteRoute::from((app.clone(), site)),
-        SiteRoute {
-            app,
-            slot: SlotName::parse("staging").expect("slot name"),
-            lane: 1,
-            site: SiteConfig::default(),
-            routing: Some(100),
-        },
-    ];
-    let instances = [
-        observed(
-            "hello-web-0",
-            spec_in("hello", "production", "web", 0, 1),
-            InstanceState::Ready,
-            production.port(),
-        ),
-        observed(
-            "hello-staging-web-0",
-            spec_in("hello", "staging", "web", 0, 1),
-            InstanceState::Ready,
-            staging.port(),
-        ),
-    ];
-    let fe = frontend(RouteTable::build_slots("localhost", &sites, &instances)).await;
+    let fe = gated(site).await;
     let clients = Clients::new();
     for query in ["/", "/?x-ms-routing-name=staging"] {
         let answer = clients.get(fe, "hello.localhost", query, None).await;
@@ -489,4 +473,33 @@ async fn production_gate_applies_before_a_request_is_routed_to_a_slot() {
             "{query}: refused before routing"
         );
     }
+    // HTTPS only: plain HTTP is redirected before any slot is chosen.
+    let fe = gated(SiteConfig {
+        https_only: true,
+        ..SiteConfig::default()
+    })
+    .await;
+    for query in ["/", "/?x-ms-routing-name=staging"] {
+        let answer = clients.get(fe, "hello.localhost", query, None).await;
+        assert_eq!(answer.status, StatusCode::MOVED_PERMANENTLY, "{query}");
+        assert_eq!(
+            answer.routing_cookie(),
+            None,
+            "{query}: redirected before routing"
+        );
+    }
+}
+
+/// A front end where production has `site` and staging takes 100 % of its clients.
+async fn gated(site: SiteConfig) -> SocketAddr {
+    let production = backend("production").await;
+    let staging = backend("staging").await;
+    frontend(table_with(
+        "localhost",
+        site,
+        production,
+        Some(staging),
+        Some(100),
+    ))
+    .await
 }

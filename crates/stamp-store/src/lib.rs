@@ -1326,6 +1326,21 @@ mod tests {
         assert_eq!(s.app(&a).unwrap().lane, 0);
         assert!(s.end_swap(&stale).unwrap());
 
+        // A record written before `actor` existed is still the swap it reads as.
+        let mut old_json = serde_json::to_value(&swap).unwrap();
+        old_json.as_object_mut().unwrap().remove("actor");
+        s.with(|c| {
+            c.execute(
+                "INSERT INTO swaps (app, swap) VALUES ('a', ?1)",
+                [old_json.to_string()],
+            )?;
+            Ok(())
+        })
+        .unwrap();
+        let read = s.swap(&a).unwrap().unwrap();
+        assert_eq!(read.actor, "");
+        assert!(s.end_swap(&read).unwrap());
+
         s.start_swap(&swap).unwrap();
         assert!(matches!(
             s.start_swap(&swap),

@@ -343,16 +343,18 @@ impl Store {
     /// Replaces the app's swap in progress (a phase change), only if it is still `current`:
     /// `false` when another record (or none) is stored.
     pub fn update_swap(&self, current: &Swap, next: &Swap) -> Result<bool> {
-        self.with(|c| {
-            let n = c.execute(
-                "UPDATE swaps SET swap = ?3 WHERE app = ?1 AND swap = ?2",
+        self.tx(|tx| {
+            if !stored_swap_is(tx, current)? {
+                return Ok(false);
+            }
+            tx.execute(
+                "UPDATE swaps SET swap = ?2 WHERE app = ?1",
                 params![
                     current.app.as_str(),
-                    serde_json::to_string(current).map_err(corrupt)?,
                     serde_json::to_string(next).map_err(corrupt)?
                 ],
             )?;
-            Ok(n > 0)
+            Ok(true)
         })
     }
 
@@ -384,15 +386,12 @@ impl Store {
     /// Forgets a swap (cancelled or reverted): the source's lane runs its own release again.
     /// `false` when that swap is no longer the one stored (the app was deleted, say).
     pub fn end_swap(&self, swap: &Swap) -> Result<bool> {
-        self.with(|c| {
-            let n = c.execute(
-                "DELETE FROM swaps WHERE app = ?1 AND swap = ?2",
-                params![
-                    swap.app.as_str(),
-                    serde_json::to_string(swap).map_err(corrupt)?
-                ],
-            )?;
-            Ok(n > 0)
+        self.tx(|tx| {
+            if !stored_swap_is(tx, swap)? {
+                return Ok(false);
+            }
+            tx.execute("DELETE FROM swaps WHERE app = ?1", [swap.app.as_str()])?;
+            Ok(true)
         })
     }
 
@@ -416,14 +415,7 @@ impl Store {
             let source_version =
                 current_release_tx(tx, &swap.app, &swap.source)?.map_or(0, |r| r.version);
             let config = &swap.source_config;
-            let stored: Option<String> = tx
-                .query_row(
-                    "SELECT swap FROM swaps WHERE app = ?1",
-                    [swap.app.as_str()],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            if stored != Some(serde_json::to_string(swap).map_err(corrupt)?) {
+            if !stored_swap_is(tx, swap)? {
                 return Err(StoreError::NotFound {
                     kind: "swap",
                     name: format!("{} → {} of app {}", swap.source, swap.target, swap.app),
@@ -486,6 +478,22 @@ impl Store {
             tx.execute("DELETE FROM swaps WHERE app = ?1", [swap.app.as_str()])?;
             Ok(SwapReleases { target, source })
         })
+    }
+}
+
+/// Whether the app's stored swap is `swap`: compared as values, so a record written by an
+/// older version (without a field added since, read with its default) still matches.
+fn stored_swap_is(tx: &Transaction<'_>, swap: &Swap) -> Result<bool> {
+    let stored: Option<String> = tx
+        .query_row(
+            "SELECT swap FROM swaps WHERE app = ?1",
+            [swap.app.as_str()],
+            |r| r.get(0),
+        )
+        .optional()?;
+    match stored {
+        Some(json) => Ok(serde_json::from_str::<Swap>(&json).map_err(corrupt)? == *swap),
+        None => Ok(false),
     }
 }
 

@@ -892,9 +892,11 @@ async fn deploy(c: &Client, out: Output, args: DeployArgs) -> anyhow::Result<()>
         };
         match auto_swap {
             Some(target) => {
-                // The API started the swap before answering; a swap already ended is an older
-                // one, and this deploy's auto swap did not start (the log says why).
-                if c.swap_status(&args.app).await?.done {
+                // The API started the swap before answering; a swap already ended, or one of
+                // another slot, is not this deploy's: its auto swap did not start (the log says
+                // why).
+                let status = c.swap_status(&args.app).await?;
+                if status.done || Some(status.source.as_str()) != args.slot.as_deref() {
                     bail!(
                         "release v{} is deployed, but its auto swap into {target} did not start; see `stamp logs {}`",
                         release.version,

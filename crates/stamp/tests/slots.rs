@@ -305,8 +305,11 @@ async fn failed_warm_up_reverts_and_bad_input_changes_nothing() {
     .await;
     s.fails_with(&["slot", "create", "hello", "production"], "already")
         .await;
-    s.fails_with(&["slot", "create", "hello", "Not_A_Label"], "slot")
-        .await;
+    s.fails_with(
+        &["slot", "create", "hello", "Not_A_Label"],
+        "invalid slot name",
+    )
+    .await;
     s.fails_with(
         &[
             "slot",
@@ -353,6 +356,20 @@ async fn failed_warm_up_reverts_and_bad_input_changes_nothing() {
         "hostname of slot qa",
     )
     .await;
+
+    // Nor a slot the hostname of an app; `<app>-production` is no slot's.
+    s.ok(&["app", "create", "hello-beta", "--plan", "p"]).await;
+    s.fails_with(
+        &["slot", "create", "hello", "beta"],
+        "hostname of app hello-beta",
+    )
+    .await;
+    s.ok(&["app", "create", "hello-production", "--plan", "p"])
+        .await;
+    // Routing clients to a slot without code would only give them errors.
+    s.fails_with(&["slot", "route", "hello", "qa=10"], "no deployed code")
+        .await;
+    s.ok(&["slot", "route", "hello", "qa=0"]).await;
 
     // Tier limits: Basic has no slots; Standard five per app.
     s.ok(&["plan", "create", "b", "--sku", "B1"]).await;
@@ -604,13 +621,53 @@ async fn traffic_routing_by_percentage_with_pinning_and_opt_in() {
     s.stop().await;
 }
 
+/// Starts a swap of staging into production whose warm-up takes a second per instance, kills
+/// `stamp up` as soon as the swap started, starts it again on the same data, and waits for the
+/// resumed swap to end; returns the new stamp and the swap's final status.
+async fn kill_mid_swap(mut s: Stamp, data: &std::path::Path) -> (Stamp, serde_json::Value) {
+    s.ok(&["slot", "swap", "hello", "--source", "staging", "--no-wait"])
+        .await;
+    s.wait_log("hello", "the swap to start", |l| {
+        l.contains("swap staging → production: started")
+    })
+    .await;
+    s.child.kill().await.unwrap();
+
+    let s = Stamp::start(data, &[]).await;
+    s.wait_json(
+        &["slot", "status", "hello"],
+        "the resumed swap to end",
+        |v| v["done"] == true,
+    )
+    .await;
+    let state = s.json(&["slot", "status", "hello"]).await;
+    let steps = state["steps"].to_string();
+    assert!(
+        steps.contains("resumed after a controller restart"),
+        "the swap ended before the kill: {state:#}"
+    );
+    (s, state)
+}
+
+/// Each slot serves one whole side: `production` greets with `greeting` and has its own DB,
+/// staging the other greeting and its own DB.
+async fn assert_sides(s: &Stamp, production: &str) {
+    let staging = if production == "new" { "old" } else { "new" };
+    wait_greeting(s, "hello", production).await;
+    wait_greeting(s, "hello-staging", staging).await;
+    assert_eq!(env(s, "hello", "DB").await, "prod-db");
+    wait_env(s, "hello-staging", "DB", "staging-db").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_controller_killed_mid_swap_completes_or_reverts_it() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let mut s = Stamp::start(&data, &[]).await;
+    let s = Stamp::start(&data, &[]).await;
     staged(&s).await;
-    // A slow warm-up (each instance takes a second to answer) leaves time to kill mid-swap.
+
+    // A slow warm-up (each instance takes a second to answer) leaves time to kill mid-swap; the
+    // resumed swap completes.
     s.ok(&[
         "config",
         "set",
@@ -620,44 +677,35 @@ async fn a_controller_killed_mid_swap_completes_or_reverts_it() {
         "staging",
     ])
     .await;
-    s.ok(&["slot", "swap", "hello", "--source", "staging", "--no-wait"])
-        .await;
-    s.wait_log("hello", "the swap to start", |l| {
-        l.contains("swap staging → production: started")
-    })
-    .await;
-    s.child.kill().await.unwrap();
-
-    let s = Stamp::start(&data, &[]).await;
-    s.wait_json(
-        &["slot", "status", "hello"],
-        "the resumed swap to end",
-        |v| v["done"] == true,
-    )
-    .await;
-    let state = s.json(&["slot", "status", "hello"]).await;
-    eprintln!("the swap after the restart: {state}");
+    let (s, state) = kill_mid_swap(s, &data).await;
+    assert_eq!(state["state"], "completed", "{state:#}");
     let releases = s.json(&["releases", "hello"]).await;
-    let swapped = releases[0]["description"]
-        .as_str()
-        .unwrap()
-        .starts_with("Swap from staging");
-    // Completed (before the kill or after the restart) or reverted, never mixed: each slot
-    // serves one whole side.
-    match state["state"].as_str().unwrap() {
-        "completed" => assert!(swapped, "{releases:#}"),
-        "reverted" => assert!(!swapped, "{releases:#}"),
-        "none" => {}
-        other => panic!("the swap ended {other}: {state:#}"),
-    }
-    let (production, staging) = if swapped {
-        ("new", "old")
-    } else {
-        ("old", "new")
-    };
-    wait_greeting(&s, "hello", production).await;
-    wait_greeting(&s, "hello-staging", staging).await;
-    assert_eq!(env(&s, "hello", "DB").await, "prod-db");
-    wait_env(&s, "hello-staging", "DB", "staging-db").await;
+    assert!(
+        releases[0]["description"]
+            .as_str()
+            .unwrap()
+            .starts_with("Swap from staging"),
+        "{releases:#}"
+    );
+    assert_sides(&s, "new").await;
+
+    // The same with a warm-up that will fail: the resumed swap reverts, and nothing moved.
+    s.ok(&[
+        "config",
+        "set",
+        "hello",
+        "WEBSITE_SWAP_WARMUP_PING_PATH=/burn?ms=1000",
+        "WEBSITE_SWAP_WARMUP_PING_STATUSES=201",
+        "--slot",
+        "staging",
+    ])
+    .await;
+    let (s, state) = kill_mid_swap(s, &data).await;
+    assert_eq!(state["state"], "reverted", "{state:#}");
+    assert!(
+        state["steps"].to_string().contains("status 200"),
+        "{state:#}"
+    );
+    assert_sides(&s, "new").await;
     s.stop().await;
 }
