@@ -321,6 +321,8 @@ pub struct SlotView {
     /// Share of production's clients routed here; `None`: no routing rule.
     pub routing: Option<u8>,
     pub instances: InstanceCounts,
+    /// The slot's own front-end configuration (never swapped).
+    pub site: SiteView,
 }
 
 /// `PUT /apps/{app}/routing`: the whole rule set; slots left out get no rule.

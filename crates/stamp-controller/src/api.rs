@@ -312,7 +312,7 @@ fn sku_view(s: &Sku) -> wire::SkuView {
     }
 }
 
-fn site_view(s: &SiteConfig) -> wire::SiteView {
+pub(crate) fn site_view(s: &SiteConfig) -> wire::SiteView {
     wire::SiteView {
         https_only: s.https_only,
         client_affinity: s.client_affinity,

@@ -122,6 +122,7 @@ impl Controller {
             auto_swap_to: slot.auto_swap_to.as_ref().map(|s| s.to_string()),
             routing: slot.routing,
             instances: self.lane_counts(&app.name, slot.lane),
+            site: crate::api::site_view(&slot.site),
         }
     }
 

@@ -151,7 +151,21 @@ async fn swap_under_load_loses_nothing_and_sticky_settings_stay() {
     let s = Stamp::start(&tmp.path().join("data"), &[]).await;
     staged(&s).await;
 
-    // Front-end settings belong to their slot: production's access rule stays with it.
+    // Front-end settings belong to their slot: production's access rule and health check, and
+    // staging's request timeout, stay with them.
+    s.ok(&["app", "update", "hello", "--health-path", "/"])
+        .await;
+    s.ok(&[
+        "app",
+        "update",
+        "hello",
+        "--slot",
+        "staging",
+        "--request-timeout",
+        "77",
+    ])
+    .await;
+    wait_greeting(&s, "hello", "old").await;
     s.ok(&[
         "access",
         "add",
@@ -221,6 +235,11 @@ async fn swap_under_load_loses_nothing_and_sticky_settings_stay() {
     assert_eq!(serving, warmed, "production's instances after the flip");
     let rules = s.json(&["access", "list", "hello"]).await;
     assert_eq!(rules[0]["name"], "local", "{rules:#}");
+    let slots = s.json(&["slot", "list", "hello"]).await;
+    assert_eq!(slots[0]["site"]["health_check"]["path"], "/", "{slots:#}");
+    assert_eq!(slots[0]["site"]["request_timeout_secs"], 230, "{slots:#}");
+    assert!(slots[1]["site"]["health_check"].is_null(), "{slots:#}");
+    assert_eq!(slots[1]["site"]["request_timeout_secs"], 77, "{slots:#}");
     let rules = s
         .json(&["access", "list", "hello", "--slot", "staging"])
         .await;
