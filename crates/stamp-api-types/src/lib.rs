@@ -410,6 +410,9 @@ pub struct SettingsView {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LogLineView {
+    /// The slots the line concerns; empty: the whole app.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub slots: Vec<String>,
     /// Unix milliseconds.
     pub ts: u64,
     /// `stamp` for platform events, otherwise the instance id.

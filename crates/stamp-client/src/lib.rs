@@ -502,10 +502,12 @@ impl Client {
             .await
     }
 
-    /// The app's log: the last `lines` lines, then, with `tail`, new lines as they come.
+    /// The app's log (of one slot's view of it, with `slot`): the last `lines` lines, then,
+    /// with `tail`, new lines as they come.
     pub async fn logs(
         &self,
         app: &str,
+        slot: Option<&str>,
         lines: usize,
         tail: bool,
     ) -> Result<impl Stream<Item = Result<wire::LogLineView>> + use<>> {
@@ -513,7 +515,8 @@ impl Client {
             .send(
                 self.http
                     .get(self.url(&format!("/apps/{}/logs", seg(app)?)))
-                    .query(&[("lines", lines.to_string()), ("tail", tail.to_string())]),
+                    .query(&[("lines", lines.to_string()), ("tail", tail.to_string())])
+                    .query(&slot_query(slot)),
             )
             .await?;
         let chunks = resp.bytes_stream();

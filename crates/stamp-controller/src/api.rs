@@ -855,8 +855,9 @@ async fn restart_app(
     find_slot(&c.store().app(&name)?, &slot)?;
     ensure_not_swapping(&c, &name, &slot)?;
     let generation = c.store().bump_slot_generation(&name, &slot)?;
-    c.inner.logs.event(
+    c.inner.logs.slot_event(
         &name,
+        &[&slot],
         &format!("restart of slot {slot} requested (generation {generation}): rolling"),
     );
     c.synced()?;
@@ -957,7 +958,7 @@ async fn change_site(
         } else {
             format!("{event} (slot {slot})")
         };
-        c.inner.logs.event(name, &event);
+        c.inner.logs.slot_event(name, &[slot], &event);
         c.synced()?;
     }
     Ok(site)
@@ -986,8 +987,9 @@ async fn update_app(
         if site != current.site {
             ensure_not_swapping(&c, &name, &slot)?;
             c.store().set_slot_site(&name, &slot, &site)?;
-            c.inner.logs.event(
+            c.inner.logs.slot_event(
                 &name,
+                &[&slot],
                 &format!(
                     "config: front end of slot {slot} updated: {}",
                     describe_update(&req)
@@ -1405,8 +1407,9 @@ async fn deploy(
             created_at: c.now(),
         },
     )?;
-    c.inner.logs.event(
+    c.inner.logs.slot_event(
         &name,
+        &[&slot],
         &format!(
             "deploy: release v{} of slot {slot} created from artifact {} ({size} bytes)",
             release.version,
@@ -1569,8 +1572,9 @@ async fn update_settings(
             created_at: c.now(),
         },
     )?;
-    c.inner.logs.event(
+    c.inner.logs.slot_event(
         &name,
+        &[&slot],
         &format!(
             "config: slot {slot} release v{} created: {description}",
             release.version
@@ -1613,6 +1617,8 @@ struct LogsQuery {
     /// Keep the response open and stream new lines.
     #[serde(default)]
     tail: bool,
+    /// Only the lines that concern this slot (its instances' and events, and the app's).
+    slot: Option<String>,
 }
 
 fn log_line_json(l: &stamp_logs::LogLine) -> bytes::Bytes {
@@ -1620,6 +1626,7 @@ fn log_line_json(l: &stamp_logs::LogLine) -> bytes::Bytes {
         ts: l.ts.0,
         source: l.source.clone(),
         text: l.text.clone(),
+        slots: l.slots.clone(),
     };
     let mut v = serde_json::to_vec(&view).unwrap_or_default();
     v.push(b'\n');
@@ -1635,19 +1642,26 @@ async fn logs(
 ) -> ApiResult<Response> {
     let Query(q) = q.map_err(|e| {
         ApiError::invalid(format!(
-            "bad query: {}; use ?lines=<number>&tail=<true|false>",
+            "bad query: {}; use ?lines=<number>&tail=<true|false>&slot=<slot>",
             e.body_text()
         ))
     })?;
     let name = app_name(&name)?;
-    c.store().app(&name)?;
+    let app = c.store().app(&name)?;
+    let slot = match q.slot.as_deref() {
+        Some(s) => Some(find_slot(&app, &SlotName::parse(s)?)?.name.to_string()),
+        None => None,
+    };
     let rx = c.inner.logs.subscribe(&name);
     let past = {
         let (logs, name, n) = (c.inner.logs.clone(), name.clone(), q.lines.unwrap_or(100));
-        tokio::task::spawn_blocking(move || logs.last(&name, n))
-            .await
-            .map_err(ApiError::internal)?
-            .map_err(ApiError::internal)?
+        let slot = slot.clone();
+        tokio::task::spawn_blocking(move || {
+            logs.last_matching(&name, n, |l| slot.as_deref().is_none_or(|s| l.concerns(s)))
+        })
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?
     };
     let last_seen = past.last().map(|l| (l.ts, l.text.clone()));
     let head = futures_util::stream::iter(
@@ -1657,19 +1671,26 @@ async fn logs(
     );
     let body = if q.tail {
         // Lines that arrived between `subscribe` and `last` may be in both; skip those.
-        let follow = futures_util::stream::unfold((rx, last_seen), |(mut rx, seen)| async move {
-            loop {
-                match rx.recv().await {
-                    Ok(line) => {
-                        if let Some((ts, text)) = &seen
-                            && (line.ts < *ts || (line.ts == *ts && &line.text == text))
-                        {
-                            continue;
+        let slot = std::sync::Arc::new(slot);
+        let follow = futures_util::stream::unfold((rx, last_seen), move |(mut rx, seen)| {
+            let slot = std::sync::Arc::clone(&slot);
+            async move {
+                loop {
+                    match rx.recv().await {
+                        Ok(line) => {
+                            if let Some((ts, text)) = &seen
+                                && (line.ts < *ts || (line.ts == *ts && &line.text == text))
+                            {
+                                continue;
+                            }
+                            if slot.as_deref().is_some_and(|s| !line.concerns(s)) {
+                                continue;
+                            }
+                            return Some((Ok(log_line_json(&line)), (rx, None)));
                         }
-                        return Some((Ok(log_line_json(&line)), (rx, None)));
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
                     }
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
                 }
             }
         });

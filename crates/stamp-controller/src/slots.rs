@@ -129,7 +129,9 @@ impl Controller {
     /// Logs a swap step to the app's stream and to the swap's progress.
     fn swap_step(&self, swap: &Swap, state: &str, text: &str) {
         let line = format!("swap {} → {}: {text}", swap.source, swap.target);
-        self.inner.logs.event(&swap.app, &line);
+        self.inner
+            .logs
+            .slot_event(&swap.app, &[&swap.source, &swap.target], &line);
         let mut all = self.inner.swaps.lock().unwrap_or_else(|p| p.into_inner());
         let fresh = || {
             (
@@ -525,8 +527,9 @@ impl Controller {
         match self.start_swap(&app, slot, &target, false, PLATFORM) {
             Ok(_) => true,
             Err(e) => {
-                self.inner.logs.event(
+                self.inner.logs.slot_event(
                     &app.name,
+                    &[slot, &target],
                     &format!("auto swap {slot} → {target} not started: {}", e.message),
                 );
                 false
@@ -627,8 +630,9 @@ pub(crate) async fn create_slot(
             }
             e => e.into(),
         })?;
-    c.inner.logs.event(
+    c.inner.logs.slot_event(
         &name,
+        &[&slot_name],
         &format!(
             "slot {slot_name} created{}",
             req.clone_settings_from
@@ -665,9 +669,11 @@ pub(crate) async fn delete_slot(
         }
         e => e.into(),
     })?;
-    c.inner
-        .logs
-        .event(&name, &format!("slot {slot} deleted with its releases"));
+    c.inner.logs.slot_event(
+        &name,
+        &[&slot],
+        &format!("slot {slot} deleted with its releases"),
+    );
     c.synced()?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -703,8 +709,9 @@ pub(crate) async fn update_slot(
         };
         if target != current.auto_swap_to {
             c.store().set_auto_swap(&name, &slot, target.as_ref())?;
-            c.inner.logs.event(
+            c.inner.logs.slot_event(
                 &name,
+                &[&slot],
                 &match &target {
                     Some(t) => format!("slot {slot}: auto swap into {t} after every deploy"),
                     None => format!("slot {slot}: auto swap off"),
@@ -781,9 +788,20 @@ pub(crate) async fn set_routing(
         .collect();
     if !changed.is_empty() {
         c.store().set_routing(&name, &rules)?;
-        c.inner
-            .logs
-            .event(&name, &format!("traffic routing: {}", changed.join(", ")));
+        // Production's clients and every slot whose rule changed are concerned.
+        let production = SlotName::production();
+        let mut concerned: Vec<&SlotName> = vec![&production];
+        concerned.extend(
+            rules
+                .iter()
+                .filter(|(slot, p)| app.slot(slot).is_some_and(|s| s.routing != *p))
+                .map(|(slot, _)| slot),
+        );
+        c.inner.logs.slot_event(
+            &name,
+            &concerned,
+            &format!("traffic routing: {}", changed.join(", ")),
+        );
         c.synced()?;
     }
     drop(_w);
@@ -958,8 +976,9 @@ pub(crate) async fn rollback(
             created_at: c.now(),
         },
     )?;
-    c.inner.logs.event(
+    c.inner.logs.slot_event(
         &name,
+        &[&slot],
         &format!(
             "rollback: slot {slot} release v{} re-activates v{} (code and settings), rolling",
             release.version, old.version

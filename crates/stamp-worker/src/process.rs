@@ -235,7 +235,7 @@ impl Process {
             output.push(tokio::spawn(forward(
                 stdout,
                 logs.clone(),
-                app.clone(),
+                (app.clone(), spec.slot.clone()),
                 instance.id.0.clone(),
             )));
         }
@@ -243,7 +243,7 @@ impl Process {
             output.push(tokio::spawn(forward(
                 stderr,
                 logs.clone(),
-                app.clone(),
+                (app.clone(), spec.slot.clone()),
                 instance.id.0.clone(),
             )));
         }
@@ -372,14 +372,20 @@ fn confine(_command: &mut Command, _join: Vec<std::ffi::CString>, _user: Option<
 
 /// Forwards one output stream to the app's log, a line at a time (lossy UTF-8, lines longer than
 /// [`MAX_LINE`] split), until end of file.
-async fn forward(stream: impl AsyncRead + Unpin, logs: LogBook, app: AppName, id: String) {
+/// Copies an instance's output, line by line, into its app's log under its slot.
+async fn forward(
+    stream: impl AsyncRead + Unpin,
+    logs: LogBook,
+    (app, slot): (AppName, stamp_model::SlotName),
+    id: String,
+) {
     let mut reader = BufReader::new(stream);
     let mut line: Vec<u8> = Vec::new();
     let emit = |line: &mut Vec<u8>| {
         if line.last() == Some(&b'\r') {
             line.pop();
         }
-        logs.instance(&app, &id, &String::from_utf8_lossy(line));
+        logs.instance(&app, &slot, &id, &String::from_utf8_lossy(line));
         line.clear();
     };
     loop {
@@ -463,7 +469,8 @@ mod tests {
         let mut output = b"one\r\ntwo\n\xffbad\n".to_vec();
         output.extend(std::iter::repeat_n(b'x', MAX_LINE * 2 + 10));
         output.extend(b"\nlast without newline");
-        forward(&output[..], logs.clone(), app.clone(), "i1".into()).await;
+        let slot = stamp_model::SlotName::production();
+        forward(&output[..], logs.clone(), (app.clone(), slot), "i1".into()).await;
         let lines: Vec<String> = logs
             .last(&app, 100)
             .unwrap()

@@ -348,10 +348,13 @@ impl Supervisor {
         let _ = self.reports.send(self.observed.clone());
     }
 
+    /// An event about this instance, in the log of the slot whose configuration it runs.
     fn event(&self, text: &str) {
         let app = &self.observed.spec.key.app;
         tracing::info!(%app, "{text}");
-        self.context.logs.event(app, text);
+        self.context
+            .logs
+            .slot_event(app, &[&self.observed.spec.slot], text);
     }
 }
 

@@ -251,6 +251,10 @@ pub enum ConfigCmd {
 #[derive(clap::Args)]
 pub struct LogsArgs {
     app: String,
+    /// Only what concerns this slot: its instances' output, its events (a swap's are in both
+    /// slots') and the app's.
+    #[arg(long)]
+    slot: Option<String>,
     /// Keep following new lines.
     #[arg(long, short)]
     tail: bool,
@@ -416,7 +420,10 @@ pub async fn run(global: &Global, command: Command) -> anyhow::Result<()> {
             })
         }
         Command::Logs(args) => {
-            let mut lines = Box::pin(c.logs(&args.app, args.lines, args.tail).await?);
+            let mut lines = Box::pin(
+                c.logs(&args.app, args.slot.as_deref(), args.lines, args.tail)
+                    .await?,
+            );
             while let Some(line) = lines.next().await {
                 let line = line?;
                 match out {

@@ -265,13 +265,22 @@ async fn swap_under_load_loses_nothing_and_sticky_settings_stay() {
         "{releases:#}"
     );
     assert_eq!(top["actor"], "owner", "the caller who swapped");
-    // The steps are events in the app's log (among thousands of request lines of the loop).
-    let logs = s.ok(&["logs", "hello", "-n", "100000"]).await;
-    assert!(
-        logs.contains("swap staging → production: routing switched")
-            && logs.contains("swap staging → production: warm-up of instance"),
-        "{logs}"
-    );
+    // The steps are events in both slots' views of the app's log (among thousands of request
+    // lines of the loop); each slot's view leaves out the other slot's own events.
+    for (slot, other) in [("staging", "production"), ("production", "staging")] {
+        let logs = s
+            .ok(&["logs", "hello", "--slot", slot, "-n", "100000"])
+            .await;
+        assert!(
+            logs.contains("swap staging → production: routing switched")
+                && logs.contains("swap staging → production: warm-up of instance")
+                && logs.contains(&format!("of slot {slot} created from artifact"))
+                && !logs.contains(&format!("of slot {other} created from artifact")),
+            "{slot}: {logs}"
+        );
+    }
+    s.fails_with(&["logs", "hello", "--slot", "nope"], "no slot named nope")
+        .await;
 
     // Swapping back is the rollback: production greets with `old` again.
     s.ok(&["slot", "swap", "hello", "--source", "staging"])
