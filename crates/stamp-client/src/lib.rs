@@ -275,24 +275,36 @@ impl Client {
         .await
     }
 
-    pub async fn domains(&self, app: &str) -> Result<Vec<String>> {
-        self.get(&format!("/apps/{}/domains", seg(app)?)).await
+    pub async fn domains(&self, app: &str, slot: Option<&str>) -> Result<Vec<String>> {
+        self.get_in(&format!("/apps/{}/domains", seg(app)?), slot)
+            .await
     }
 
-    pub async fn add_domain(&self, app: &str, domain: &str) -> Result<Vec<String>> {
+    pub async fn add_domain(
+        &self,
+        app: &str,
+        slot: Option<&str>,
+        domain: &str,
+    ) -> Result<Vec<String>> {
         self.json(
             self.http
-                .put(self.url(&format!("/apps/{}/domains/{}", seg(app)?, seg(domain)?))),
+                .put(self.url(&format!("/apps/{}/domains/{}", seg(app)?, seg(domain)?)))
+                .query(&slot_query(slot)),
         )
         .await
     }
 
-    pub async fn remove_domain(&self, app: &str, domain: &str) -> Result<Vec<String>> {
-        self.json(self.http.delete(self.url(&format!(
-            "/apps/{}/domains/{}",
-            seg(app)?,
-            seg(domain)?
-        ))))
+    pub async fn remove_domain(
+        &self,
+        app: &str,
+        slot: Option<&str>,
+        domain: &str,
+    ) -> Result<Vec<String>> {
+        self.json(
+            self.http
+                .delete(self.url(&format!("/apps/{}/domains/{}", seg(app)?, seg(domain)?)))
+                .query(&slot_query(slot)),
+        )
         .await
     }
 

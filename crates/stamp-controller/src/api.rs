@@ -1057,9 +1057,10 @@ fn describe_update(u: &wire::UpdateApp) -> String {
 async fn list_domains(
     State(c): State<Controller>,
     Path(name): Path<String>,
+    Query(q): Query<wire::SlotQuery>,
 ) -> ApiResult<Json<Vec<String>>> {
     let app = c.store().app(&app_name(&name)?)?;
-    Ok(Json(app.site.domains))
+    Ok(Json(find_slot(&app, &slot_of(&q)?)?.site.domains))
 }
 
 fn domain_name(domain: &str) -> ApiResult<String> {
@@ -1071,8 +1072,10 @@ fn domain_name(domain: &str) -> ApiResult<String> {
 async fn add_domain(
     State(c): State<Controller>,
     Path((name, domain)): Path<(String, String)>,
+    Query(q): Query<wire::SlotQuery>,
 ) -> ApiResult<Json<Vec<String>>> {
     let name = app_name(&name)?;
+    let slot = slot_of(&q)?;
     let domain = domain_name(&domain)?;
     let suffix = format!(".{}", c.inner.config.domain);
     if domain == c.inner.config.domain || domain.ends_with(&suffix) {
@@ -1083,41 +1086,50 @@ async fn add_domain(
     }
     let _w = c.inner.writer.lock().await;
     let app = c.store().app(&name)?;
-    if app.site.domains.contains(&domain) {
-        return Ok(Json(app.site.domains));
+    let current = find_slot(&app, &slot)?.site.domains;
+    if current.contains(&domain) {
+        return Ok(Json(current));
     }
-    if app.site.domains.len() >= site::MAX_DOMAINS {
+    if current.len() >= site::MAX_DOMAINS {
         return Err(ApiError::limit(format!(
-            "an app has at most {} custom domains",
+            "a slot has at most {} custom domains",
             site::MAX_DOMAINS
         )));
     }
-    c.store().add_domain(&name, &domain).map_err(|e| match e {
-        stamp_store::StoreError::Conflict { .. } => ApiError::conflict(format!(
-                "{domain} already belongs to another app; remove it there first (stamp domain remove <app> {domain})"
+    c.store()
+        .add_domain(&name, &slot, &domain)
+        .map_err(|e| match e {
+            stamp_store::StoreError::Conflict { .. } => ApiError::conflict(format!(
+                "{domain} already belongs to another app or slot; remove it there first (stamp domain remove <app> {domain} [--slot S])"
             )),
-        e => e.into(),
-    })?;
-    c.inner
-        .logs
-        .event(&name, &format!("domain: {domain} added"));
+            e => e.into(),
+        })?;
+    c.inner.logs.slot_event(
+        &name,
+        &[&slot],
+        &format!("domain: {domain} added to slot {slot}"),
+    );
     c.synced()?;
-    Ok(Json(c.store().app(&name)?.site.domains))
+    Ok(Json(find_slot(&c.store().app(&name)?, &slot)?.site.domains))
 }
 
 async fn remove_domain(
     State(c): State<Controller>,
     Path((name, domain)): Path<(String, String)>,
+    Query(q): Query<wire::SlotQuery>,
 ) -> ApiResult<Json<Vec<String>>> {
     let name = app_name(&name)?;
+    let slot = slot_of(&q)?;
     let domain = domain.trim_end_matches('.').to_ascii_lowercase();
     let _w = c.inner.writer.lock().await;
-    c.store().remove_domain(&name, &domain)?;
-    c.inner
-        .logs
-        .event(&name, &format!("domain: {domain} removed"));
+    c.store().remove_domain(&name, &slot, &domain)?;
+    c.inner.logs.slot_event(
+        &name,
+        &[&slot],
+        &format!("domain: {domain} removed from slot {slot}"),
+    );
     c.synced()?;
-    Ok(Json(c.store().app(&name)?.site.domains))
+    Ok(Json(find_slot(&c.store().app(&name)?, &slot)?.site.domains))
 }
 
 async fn list_access_rules(

@@ -61,7 +61,7 @@ pub trait FrontEnd: Send + Sync + 'static {
 }
 
 /// The hostnames of `app` a certificate naming `cert_names` may be served for: its default
-/// hostname, its slots' hostnames (`<app>-<slot>.<domain>`) and custom domains that the certificate covers (exactly, or by a one-label
+/// hostname, its slots' hostnames (`<app>-<slot>.<domain>`) and custom domains (of every slot) that the certificate covers (exactly, or by a one-label
 /// wildcard), and its wildcard custom domains the certificate names exactly.
 pub fn served_names(cert_names: &[String], app: &stamp_model::App, domain: &str) -> Vec<String> {
     let covers = |name: &str, host: &str| {
@@ -80,6 +80,11 @@ pub fn served_names(cert_names: &[String], app: &stamp_model::App, domain: &str)
             .map(|s| format!("{}-{}.{domain}", app.name, s.name)),
     );
     owned.extend(app.site.domains.iter().cloned());
+    owned.extend(
+        app.slots
+            .iter()
+            .flat_map(|s| s.site.domains.iter().cloned()),
+    );
     let mut names: Vec<String> = owned
         .into_iter()
         .filter(|host| cert_names.iter().any(|n| covers(n, host)))

@@ -201,7 +201,7 @@ impl RouteTable {
 
     /// Hosts are `<app>.<domain>` for every production slot in `sites` and `<app>-<slot>.<domain>`
     /// for every other slot (an app's own name wins over a slot host that spells the same
-    /// label), plus each production slot's custom domains
+    /// label), plus each slot's custom domains
     /// ([`SiteConfig::domains`]): exact names, and wildcards `*.example.com` that match one more
     /// label (`www.example.com`, not `example.com` nor `a.b.example.com`). When two apps claim
     /// the same custom domain, the first in `apps` gets it (the controller should not let that
@@ -282,6 +282,14 @@ impl RouteTable {
                     addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), i.port),
                 })
                 .collect();
+            for name in &site.domains {
+                let name = normalise_domain(name);
+                let (map, key) = match name.strip_prefix("*.") {
+                    Some(parent) => (&mut table.by_wildcard, parent.to_string()),
+                    None => (&mut table.by_domain, name),
+                };
+                map.entry(key).or_insert(index);
+            }
             if !entry.slot.is_production() {
                 slot_labels.push((format!("{app}-{}", entry.slot), index));
                 if let (Some(percent), Some(&production)) = (entry.routing, production_of.get(app))
@@ -302,14 +310,6 @@ impl RouteTable {
                 continue;
             }
             table.by_label.insert(app.as_str().to_string(), index);
-            for name in &site.domains {
-                let name = normalise_domain(name);
-                let (map, key) = match name.strip_prefix("*.") {
-                    Some(parent) => (&mut table.by_wildcard, parent.to_string()),
-                    None => (&mut table.by_domain, name),
-                };
-                map.entry(key).or_insert(index);
-            }
             let mut route = AppRoute::new(app.clone(), Arc::new(site.clone()), backends);
             route.index = index;
             table.routes.push(route);
@@ -883,10 +883,12 @@ mod tests {
             site: SiteConfig::default(),
             routing,
         };
+        let mut staging = slot("hello", "staging", 0, Some(30));
+        staging.site.domains = vec!["staging.example.com".into()];
         let sites = [
             // After a swap production serves from lane 1 and staging from lane 0.
             slot("hello", "production", 1, None),
-            slot("hello", "staging", 0, Some(30)),
+            staging,
             slot("hello", "qa", 2, None),
             // An app whose name spells hello's `staging` slot host keeps its own host.
             slot("hello-qa", "production", 0, None),
@@ -913,6 +915,11 @@ mod tests {
             ("hello".into(), "staging".into(), vec!["lane0".to_string()])
         );
         assert_eq!(route("hello-qa.localhost").0, "hello-qa");
+        assert_eq!(
+            route("staging.example.com").1,
+            "staging",
+            "a slot's custom domain"
+        );
         let Lookup::App(production) = table.lookup("hello.localhost") else {
             unreachable!()
         };

@@ -164,6 +164,10 @@ CREATE TABLE swaps (
 -- Who made a release (the API caller's role, or the platform).
 ALTER TABLE releases ADD COLUMN actor TEXT NOT NULL DEFAULT '';
 "#,
+    r#"
+-- The slot a custom domain routes to (custom domains stay with their slot in a swap).
+ALTER TABLE domains ADD COLUMN slot TEXT NOT NULL DEFAULT 'production';
+"#,
 ];
 
 pub struct Store {
@@ -547,15 +551,24 @@ impl Store {
                 }
             }
             let mut stmt = c.prepare(
-                "SELECT domain, app FROM domains WHERE ?1 IS NULL OR app = ?1 ORDER BY domain",
+                "SELECT domain, app, slot FROM domains WHERE ?1 IS NULL OR app = ?1 ORDER BY domain",
             )?;
             let domains = stmt.query_map([only], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                ))
             })?;
             for row in domains {
-                let (domain, app) = row?;
-                if let Some(a) = apps.iter_mut().find(|a| a.name.as_str() == app) {
+                let (domain, app, slot) = row?;
+                let Some(a) = apps.iter_mut().find(|a| a.name.as_str() == app) else {
+                    continue;
+                };
+                if slot == "production" {
                     a.site.domains.push(domain);
+                } else if let Some(s) = a.slots.iter_mut().find(|s| s.name.as_str() == slot) {
+                    s.site.domains.push(domain);
                 }
             }
             Ok(apps)
@@ -673,25 +686,25 @@ impl Store {
         })
     }
 
-    /// Binds a custom domain to an app; a domain bound to any app is a conflict.
-    pub fn add_domain(&self, app: &AppName, domain: &str) -> Result<()> {
+    /// Binds a custom domain to an app's slot; a domain bound anywhere is a conflict.
+    pub fn add_domain(&self, app: &AppName, slot: &SlotName, domain: &str) -> Result<()> {
         self.with(|c| {
             c.execute(
-                "INSERT INTO domains (domain, app) VALUES (?1, ?2)",
-                params![domain, app.as_str()],
+                "INSERT INTO domains (domain, app, slot) VALUES (?1, ?2, ?3)",
+                params![domain, app.as_str(), slot.as_str()],
             )
             .map_err(conflict("domain", domain.to_string()))?;
             Ok(())
         })
     }
 
-    pub fn remove_domain(&self, app: &AppName, domain: &str) -> Result<()> {
+    pub fn remove_domain(&self, app: &AppName, slot: &SlotName, domain: &str) -> Result<()> {
         self.with(|c| {
             let n = c.execute(
-                "DELETE FROM domains WHERE domain = ?1 AND app = ?2",
-                params![domain, app.as_str()],
+                "DELETE FROM domains WHERE domain = ?1 AND app = ?2 AND slot = ?3",
+                params![domain, app.as_str(), slot.as_str()],
             )?;
-            found(n, "domain", format!("{domain} on app {app}"))
+            found(n, "domain", format!("{domain} on slot {slot} of app {app}"))
         })
     }
 
@@ -1162,9 +1175,10 @@ mod tests {
         };
         site.domains.push("ignored.example.com".into());
         s.set_site(&a, &site).unwrap();
-        s.add_domain(&a, "www.example.com").unwrap();
+        s.add_domain(&a, &SlotName::production(), "www.example.com")
+            .unwrap();
         assert!(matches!(
-            s.add_domain(&b, "www.example.com"),
+            s.add_domain(&b, &SlotName::production(), "www.example.com"),
             Err(StoreError::Conflict { .. })
         ));
         let got = s.app(&a).unwrap();
@@ -1175,10 +1189,11 @@ mod tests {
             "only the app's own domains"
         );
         assert_eq!(s.apps().unwrap()[0].site.domains, ["www.example.com"]);
-        s.remove_domain(&a, "www.example.com").unwrap();
+        s.remove_domain(&a, &SlotName::production(), "www.example.com")
+            .unwrap();
         assert!(s.app(&a).unwrap().site.domains.is_empty());
         assert!(matches!(
-            s.remove_domain(&a, "www.example.com"),
+            s.remove_domain(&a, &SlotName::production(), "www.example.com"),
             Err(StoreError::NotFound { .. })
         ));
 
@@ -1197,10 +1212,12 @@ mod tests {
             Err(StoreError::Conflict { .. })
         ));
         assert_eq!(s.certificates().unwrap(), vec![cert]);
-        s.add_domain(&a, "x.example.com").unwrap();
+        s.add_domain(&a, &SlotName::production(), "x.example.com")
+            .unwrap();
         s.delete_app(&a).unwrap();
         assert!(s.certificates().unwrap().is_empty(), "deleted with the app");
-        s.add_domain(&b, "x.example.com").unwrap();
+        s.add_domain(&b, &SlotName::production(), "x.example.com")
+            .unwrap();
     }
 
     #[test]
@@ -1282,6 +1299,11 @@ mod tests {
         ));
         // Cloned settings make a settings-only first release.
         assert_eq!(s.releases(&a, &staging).unwrap().len(), 1);
+        // A custom domain of a slot is that slot's.
+        s.add_domain(&a, &staging, "staging.example.com").unwrap();
+        let loaded = s.app(&a).unwrap();
+        assert!(loaded.site.domains.is_empty());
+        assert_eq!(loaded.slots[0].site.domains, ["staging.example.com"]);
         s.set_slot_settings(&a, &["DB".to_string()].into()).unwrap();
 
         let mut old = new_release("old", true);
@@ -1369,6 +1391,8 @@ mod tests {
 
         s.delete_slot(&a, &staging).unwrap();
         assert!(s.releases(&a, &staging).unwrap().is_empty());
+        // Its domain went with it.
+        s.add_domain(&a, &prod, "staging.example.com").unwrap();
         assert!(s.app(&a).unwrap().slots.is_empty());
     }
 }

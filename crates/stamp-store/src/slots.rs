@@ -238,10 +238,12 @@ impl Store {
                 params![app.as_str(), slot.as_str()],
             )?;
             found(n, "slot", format!("{slot} of app {app}"))?;
-            tx.execute(
-                "DELETE FROM releases WHERE app = ?1 AND slot = ?2",
-                params![app.as_str(), slot.as_str()],
-            )?;
+            for table in ["releases", "domains"] {
+                tx.execute(
+                    &format!("DELETE FROM {table} WHERE app = ?1 AND slot = ?2"),
+                    params![app.as_str(), slot.as_str()],
+                )?;
+            }
             tx.execute(
                 "UPDATE slots SET auto_swap_to = NULL WHERE app = ?1 AND auto_swap_to = ?2",
                 params![app.as_str(), slot.as_str()],

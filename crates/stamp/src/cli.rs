@@ -120,12 +120,27 @@ pub struct UpdateAppArgs {
 
 #[derive(clap::Subcommand)]
 pub enum DomainCmd {
-    /// Route a custom domain (e.g. www.example.com or *.example.com) to the app.
-    Add { app: String, domain: String },
-    /// Stop routing a custom domain to the app.
-    Remove { app: String, domain: String },
-    /// List the app's custom domains.
-    List { app: String },
+    /// Route a custom domain (e.g. www.example.com or *.example.com) to the app, or to one of
+    /// its slots with --slot (domains stay with their slot in a swap).
+    Add {
+        app: String,
+        domain: String,
+        #[arg(long)]
+        slot: Option<String>,
+    },
+    /// Stop routing a custom domain to the app (or its slot).
+    Remove {
+        app: String,
+        domain: String,
+        #[arg(long)]
+        slot: Option<String>,
+    },
+    /// List the custom domains of the app (or of its slot).
+    List {
+        app: String,
+        #[arg(long)]
+        slot: Option<String>,
+    },
 }
 
 #[derive(clap::Subcommand)]
@@ -316,16 +331,16 @@ pub async fn run(global: &Global, command: Command) -> anyhow::Result<()> {
         Command::Deploy(args) => deploy(&c, out, args).await,
         Command::Domain(cmd) => {
             let (app, list) = match cmd {
-                DomainCmd::Add { app, domain } => {
-                    let l = c.add_domain(&app, &domain).await?;
+                DomainCmd::Add { app, domain, slot } => {
+                    let l = c.add_domain(&app, slot.as_deref(), &domain).await?;
                     (app, l)
                 }
-                DomainCmd::Remove { app, domain } => {
-                    let l = c.remove_domain(&app, &domain).await?;
+                DomainCmd::Remove { app, domain, slot } => {
+                    let l = c.remove_domain(&app, slot.as_deref(), &domain).await?;
                     (app, l)
                 }
-                DomainCmd::List { app } => {
-                    let l = c.domains(&app).await?;
+                DomainCmd::List { app, slot } => {
+                    let l = c.domains(&app, slot.as_deref()).await?;
                     (app, l)
                 }
             };

@@ -59,6 +59,21 @@ async fn assert_greeting(s: &Stamp, label: &str, want: &str) {
     }
 }
 
+/// The body's last line for `GET /` with Host `host` through the front end.
+async fn greeting_at(s: &Stamp, host: &str) -> String {
+    let r = reqwest::Client::builder()
+        .resolve(host, s.http)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+        .get(format!("http://{host}:{}/", s.http.port()))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status(), 200, "{host}");
+    r.text().await.unwrap().trim_end().to_string()
+}
+
 async fn env(s: &Stamp, label: &str, name: &str) -> String {
     let (status, body) = s.get_path(label, &format!("/env/{name}")).await;
     assert_eq!(status, 200, "{body}");
@@ -178,6 +193,21 @@ async fn swap_under_load_loses_nothing_and_sticky_settings_stay() {
         "local",
     ])
     .await;
+    // And a custom domain of staging stays staging's.
+    s.ok(&[
+        "domain",
+        "add",
+        "hello",
+        "staging.example.com",
+        "--slot",
+        "staging",
+    ])
+    .await;
+    assert!(
+        greeting_at(&s, "staging.example.com")
+            .await
+            .ends_with(": new")
+    );
 
     let l = load(&s);
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -235,6 +265,14 @@ async fn swap_under_load_loses_nothing_and_sticky_settings_stay() {
     assert_eq!(serving, warmed, "production's instances after the flip");
     let rules = s.json(&["access", "list", "hello"]).await;
     assert_eq!(rules[0]["name"], "local", "{rules:#}");
+    let domains = s
+        .json(&["domain", "list", "hello", "--slot", "staging"])
+        .await;
+    assert_eq!(domains, serde_json::json!(["staging.example.com"]));
+    assert_eq!(
+        s.json(&["domain", "list", "hello"]).await,
+        serde_json::json!([])
+    );
     let slots = s.json(&["slot", "list", "hello"]).await;
     assert_eq!(slots[0]["site"]["health_check"]["path"], "/", "{slots:#}");
     assert_eq!(slots[0]["site"]["request_timeout_secs"], 230, "{slots:#}");
@@ -250,6 +288,11 @@ async fn swap_under_load_loses_nothing_and_sticky_settings_stay() {
     assert_eq!(env(&s, "hello", "WEBSITE_SLOT_NAME").await, "production");
     wait_greeting(&s, "hello-staging", "old").await;
     wait_env(&s, "hello-staging", "DB", "staging-db").await;
+    assert!(
+        greeting_at(&s, "staging.example.com")
+            .await
+            .ends_with(": old")
+    );
     assert_eq!(
         env(&s, "hello-staging", "WEBSITE_SLOT_NAME").await,
         "staging"
