@@ -59,19 +59,11 @@ async fn assert_greeting(s: &Stamp, label: &str, want: &str) {
     }
 }
 
-/// The body's last line for `GET /` with Host `host` through the front end.
+/// The body of `GET /` with Host `host` through the front end.
 async fn greeting_at(s: &Stamp, host: &str) -> String {
-    let r = reqwest::Client::builder()
-        .resolve(host, s.http)
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap()
-        .get(format!("http://{host}:{}/", s.http.port()))
-        .send()
-        .await
-        .expect("request");
-    assert_eq!(r.status(), 200, "{host}");
-    r.text().await.unwrap().trim_end().to_string()
+    let (status, body) = s.get_host(host, "/").await;
+    assert_eq!(status, 200, "{host}: {body}");
+    body.trim_end().to_string()
 }
 
 async fn env(s: &Stamp, label: &str, name: &str) -> String {

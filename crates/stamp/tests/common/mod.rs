@@ -144,9 +144,13 @@ impl Stamp {
 
     /// GET `path` of `app` through the front end.
     pub async fn get_path(&self, app: &str, path: &str) -> (u16, String) {
-        let host = format!("{app}.localhost");
+        self.get_host(&format!("{app}.localhost"), path).await
+    }
+
+    /// GET `path` with Host `host` (resolved to the front end).
+    pub async fn get_host(&self, host: &str, path: &str) -> (u16, String) {
         let r = reqwest::Client::builder()
-            .resolve(&host, self.http)
+            .resolve(host, self.http)
             .timeout(Duration::from_secs(30))
             .build()
             .unwrap()
