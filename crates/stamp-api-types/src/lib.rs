@@ -191,7 +191,7 @@ pub struct AppView {
 }
 
 /// An app's front-end configuration.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct SiteView {
     pub https_only: bool,
     pub client_affinity: bool,
@@ -285,6 +285,9 @@ pub struct ReleaseView {
     #[serde(default)]
     pub actor: String,
     pub created_at: u64,
+    /// In a deploy's answer: the slot this release's auto swap started into, if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_swap_to: Option<String>,
 }
 
 /// Query of every per-app route that acts on one slot: `?slot=staging` (default production).
@@ -322,6 +325,7 @@ pub struct SlotView {
     pub routing: Option<u8>,
     pub instances: InstanceCounts,
     /// The slot's own front-end configuration (never swapped).
+    #[serde(default)]
     pub site: SiteView,
 }
 

@@ -387,6 +387,7 @@ pub(crate) fn release_view(r: &Release) -> wire::ReleaseView {
             .unwrap_or_default(),
         description: r.description.clone(),
         created_at: r.created_at.0,
+        auto_swap_to: None,
     }
 }
 
@@ -1020,14 +1021,18 @@ async fn update_app(
             ensure_not_swapping(&c, &name, &SlotName::production())?;
         }
         c.store().update_app_config(&name, &site, cap)?;
-        let event = if site != app.site {
-            "config: front end updated"
+        let text = |event: &str| format!("{event}: {}", describe_update(&req));
+        if site != app.site {
+            c.inner.logs.slot_event(
+                &name,
+                &[&SlotName::production()],
+                &text("config: front end updated"),
+            );
         } else {
-            "scale: per-app cap updated"
-        };
-        c.inner
-            .logs
-            .event(&name, &format!("{event}: {}", describe_update(&req)));
+            c.inner
+                .logs
+                .event(&name, &text("scale: per-app cap updated"));
+        }
         app.site = site;
         app.max_workers = cap;
         c.synced()?;
@@ -1430,11 +1435,14 @@ async fn deploy(
     );
     // With auto swap the new release goes straight into a swap, whose start publishes it: the
     // slot's lane starts once, with the swap's configuration.
-    if !c.auto_swap(&name, &slot) {
+    let auto_swap = c.auto_swap(&name, &slot);
+    if auto_swap.is_none() {
         c.synced()?;
     }
     drop(w);
-    Ok((StatusCode::CREATED, Json(release_view(&release))))
+    let mut view = release_view(&release);
+    view.auto_swap_to = auto_swap.map(|t| t.to_string());
+    Ok((StatusCode::CREATED, Json(view)))
 }
 
 /// Largest Procfile read: a Procfile is a few lines; anything bigger is not one.
@@ -1660,8 +1668,13 @@ async fn logs(
     })?;
     let name = app_name(&name)?;
     let app = c.store().app(&name)?;
-    let slot = match q.slot.as_deref() {
-        Some(s) => Some(find_slot(&app, &SlotName::parse(s)?)?.name.to_string()),
+    let slot = match &q.slot {
+        Some(s) => {
+            let slot = slot_of(&wire::SlotQuery {
+                slot: Some(s.clone()),
+            })?;
+            Some(find_slot(&app, &slot)?.name.to_string())
+        }
         None => None,
     };
     let rx = c.inner.logs.subscribe(&name);

@@ -515,24 +515,20 @@ impl Controller {
         Ok(())
     }
 
-    /// After a deploy to `slot` (the writer lock held): its auto swap, if it has one. `true`
-    /// when a swap started, which published desired state.
-    pub(crate) fn auto_swap(&self, app: &AppName, slot: &SlotName) -> bool {
-        let Ok(app) = self.store().app(app) else {
-            return false;
-        };
-        let Some(target) = app.slot(slot).and_then(|s| s.auto_swap_to) else {
-            return false;
-        };
+    /// After a deploy to `slot` (the writer lock held): its auto swap, if it has one. The
+    /// target when a swap started (which published desired state).
+    pub(crate) fn auto_swap(&self, app: &AppName, slot: &SlotName) -> Option<SlotName> {
+        let app = self.store().app(app).ok()?;
+        let target = app.slot(slot).and_then(|s| s.auto_swap_to)?;
         match self.start_swap(&app, slot, &target, false, PLATFORM) {
-            Ok(_) => true,
+            Ok(_) => Some(target),
             Err(e) => {
                 self.inner.logs.slot_event(
                     &app.name,
                     &[slot, &target],
                     &format!("auto swap {slot} → {target} not started: {}", e.message),
                 );
-                false
+                None
             }
         }
     }

@@ -460,8 +460,9 @@ impl AgentTask {
             }
         };
         if warm {
-            self.context.logs.event(
+            self.context.logs.slot_event(
                 &spec.key.app,
+                &[&spec.slot],
                 &format!(
                     "worker {} takes warm {} worker {}",
                     spec.key.worker, spec.limits.size, worker.name

@@ -59,6 +59,8 @@ struct Baseline {
 struct Target {
     id: InstanceId,
     key: InstanceKey,
+    /// The slot whose configuration the instance runs, for its events.
+    slot: stamp_model::SlotName,
     pgid: i32,
     port: u16,
     outbound_limit: u32,
@@ -141,6 +143,7 @@ impl SamplerTask {
                     Some(Target {
                         id: o.id.clone(),
                         key: o.spec.key.clone(),
+                        slot: o.spec.slot.clone(),
                         pgid: i32::try_from(o.pid?).ok()?,
                         port: o.port,
                         outbound_limit: o.spec.limits.outbound_connections,
@@ -274,7 +277,8 @@ impl SamplerTask {
             ),
         };
         tracing::warn!(app = %target.key.app, "{text}");
-        self.logs.event(&target.key.app, &text);
+        self.logs
+            .slot_event(&target.key.app, &[&target.slot], &text);
     }
 }
 

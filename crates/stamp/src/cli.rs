@@ -902,9 +902,10 @@ async fn deploy(c: &Client, out: Output, args: DeployArgs) -> anyhow::Result<()>
         );
     }
     if !args.no_wait && out == Output::Table {
-        // A slot with auto swap goes straight into a swap: follow that instead of the rollout.
-        let auto_swap = match args.slot.as_deref() {
-            Some(slot) if slot != "production" => c
+        // A slot with auto swap goes straight into a swap (the answer says whether one
+        // started): follow that instead of the rollout.
+        let configured = match args.slot.as_deref() {
+            Some(slot) if slot != "production" && release.auto_swap_to.is_none() => c
                 .slots(&args.app)
                 .await?
                 .into_iter()
@@ -912,19 +913,15 @@ async fn deploy(c: &Client, out: Output, args: DeployArgs) -> anyhow::Result<()>
                 .and_then(|s| s.auto_swap_to),
             _ => None,
         };
-        match auto_swap {
+        if let Some(target) = configured {
+            bail!(
+                "release v{} is deployed, but its auto swap into {target} did not start; see `stamp logs {}`",
+                release.version,
+                args.app
+            );
+        }
+        match release.auto_swap_to.clone() {
             Some(target) => {
-                // The API started the swap before answering; a swap already ended, or one of
-                // another slot, is not this deploy's: its auto swap did not start (the log says
-                // why).
-                let status = c.swap_status(&args.app).await?;
-                if status.done || Some(status.source.as_str()) != args.slot.as_deref() {
-                    bail!(
-                        "release v{} is deployed, but its auto swap into {target} did not start; see `stamp logs {}`",
-                        release.version,
-                        args.app
-                    );
-                }
                 println!("Auto swap into {target}:");
                 let view = crate::slots::follow_swap(
                     c,

@@ -103,11 +103,24 @@ fn slot_rows(list: &[wire::SlotView]) {
                 traffic,
                 s.auto_swap_to.clone().unwrap_or_else(|| "-".into()),
                 s.url.clone(),
+                if s.site.domains.is_empty() {
+                    "-".into()
+                } else {
+                    s.site.domains.join(",")
+                },
             ]
         })
         .collect();
     table(
-        &["SLOT", "RELEASE", "READY", "TRAFFIC", "AUTO SWAP", "URL"],
+        &[
+            "SLOT",
+            "RELEASE",
+            "READY",
+            "TRAFFIC",
+            "AUTO SWAP",
+            "URL",
+            "DOMAINS",
+        ],
         &rows,
     );
 }
