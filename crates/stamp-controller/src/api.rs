@@ -1412,18 +1412,21 @@ async fn deploy(
     let app = c.store().app(&name)?;
     let settings = find_slot(&app, &slot)?.settings;
     ensure_not_swapping(&c, &name, &slot)?;
-    let release = c.store().create_release(
-        &name,
-        &slot,
-        NewRelease {
-            artifact: Some(digest.clone()),
-            procfile: Some(procfile),
-            settings,
-            description: format!("Deploy {}", digest.short()),
-            actor: caller.0,
-            created_at: c.now(),
-        },
-    )?;
+    let new = NewRelease {
+        artifact: Some(digest.clone()),
+        procfile: Some(procfile),
+        settings,
+        description: format!("Deploy {}", digest.short()),
+        actor: caller.0,
+        created_at: c.now(),
+    };
+    // With auto swap, the release and its swap commit together: a crash cannot leave the
+    // release deployed without the swap it asked for.
+    let auto_swap = c.plan_auto_swap(&app, &slot, &new);
+    let release = match &auto_swap {
+        Some(swap) => c.store().create_release_and_swap(&name, &slot, new, swap)?,
+        None => c.store().create_release(&name, &slot, new)?,
+    };
     c.inner.logs.slot_event(
         &name,
         &[&slot],
@@ -1435,13 +1438,15 @@ async fn deploy(
     );
     // With auto swap the new release goes straight into a swap, whose start publishes it: the
     // slot's lane starts once, with the swap's configuration.
-    let auto_swap = c.auto_swap(&name, &slot);
-    if auto_swap.is_none() {
-        c.synced()?;
+    // The swap's start publishes the new release straight with the swap's configuration, so
+    // the slot's instances start once.
+    match &auto_swap {
+        Some(swap) => c.launch_swap(swap),
+        None => c.synced()?,
     }
     drop(w);
     let mut view = release_view(&release);
-    view.auto_swap_to = auto_swap.map(|t| t.to_string());
+    view.auto_swap_to = auto_swap.map(|s| s.target.to_string());
     Ok((StatusCode::CREATED, Json(view)))
 }
 

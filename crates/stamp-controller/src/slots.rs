@@ -36,6 +36,9 @@ type ApiResult<T> = Result<T, ApiError>;
 /// Who the platform names as the author of the releases it makes itself.
 pub(crate) const PLATFORM: &str = "stamp";
 
+/// Crashes of one source instance, in a row, that revert a swap.
+const CRASHES_TO_REVERT: u32 = 3;
+
 /// How long a swap waits for the source's instances to run its new configuration.
 const RESTART_WAIT: Duration = Duration::from_secs(300);
 
@@ -165,6 +168,28 @@ impl Controller {
         preview: bool,
         actor: &str,
     ) -> ApiResult<Swap> {
+        let release = self.store().current_release(&app.name, source)?;
+        let swap = self.plan_swap(app, source, target, preview, actor, release.as_ref())?;
+        self.store().start_swap(&swap).map_err(|e| match e {
+            StoreError::Conflict { .. } => {
+                ApiError::conflict(format!("a swap of app {} is already running", app.name))
+            }
+            e => e.into(),
+        })?;
+        self.launch_swap(&swap);
+        Ok(swap)
+    }
+
+    /// The swap of `source` (whose release is `release`) into `target`, validated, not stored.
+    pub(crate) fn plan_swap(
+        &self,
+        app: &App,
+        source: &SlotName,
+        target: &SlotName,
+        preview: bool,
+        actor: &str,
+        release: Option<&Release>,
+    ) -> ApiResult<Swap> {
         if source.is_production() {
             return Err(ApiError::invalid(format!(
                 "production is the target of a swap, never its source (the source runs with the target's settings while it warms up); use `stamp slot swap {} --source <slot>`",
@@ -189,7 +214,6 @@ impl Controller {
                 running.phase.as_str()
             )));
         }
-        let release = store.current_release(&app.name, source)?;
         let Some((release, artifact, procfile)) = release.and_then(|r| {
             let artifact = r.artifact.clone()?;
             let procfile = r.procfile.clone()?;
@@ -225,25 +249,26 @@ impl Controller {
             started_at: self.now(),
             actor: actor.to_string(),
         };
-        store.start_swap(&swap).map_err(|e| match e {
-            StoreError::Conflict { .. } => {
-                ApiError::conflict(format!("a swap of app {} is already running", app.name))
-            }
-            e => e.into(),
-        })?;
+        Ok(swap)
+    }
+
+    /// After a swap was stored: its first step, the publish that restarts the source's lane,
+    /// and the task that drives the rest.
+    pub(crate) fn launch_swap(&self, swap: &Swap) {
         self.swap_step(
-            &swap,
+            swap,
             "applying",
             &format!(
-                "started{}: applying {target}'s slot settings to {source}'s instances (restart, rolling)",
-                if preview { " with preview" } else { "" }
+                "started{}: applying {}'s slot settings to {}'s instances (restart, rolling)",
+                if swap.preview { " with preview" } else { "" },
+                swap.target,
+                swap.source
             ),
         );
         self.sync_after_commit();
         let c = self.clone();
-        let name = app.name.clone();
+        let name = swap.app.clone();
         tokio::spawn(async move { c.drive_swap(name).await });
-        Ok(swap)
     }
 
     /// Resumes every stored swap that was not waiting for a preview decision: after a restart,
@@ -418,10 +443,16 @@ impl Controller {
                 let now = observed.borrow_and_update();
                 for d in &desired {
                     let mine: Vec<_> = now.iter().filter(|o| o.spec == *d).collect();
-                    if let Some(o) = mine.iter().find(|o| o.state == InstanceState::Crashed) {
+                    // A crash that its restarts do not cure (Azure: an instance that fails to
+                    // restart); one crash alone may be the machine, not the settings.
+                    if let Some(o) = mine.iter().find(|o| {
+                        o.state == InstanceState::Crashed && o.restarts >= CRASHES_TO_REVERT - 1
+                    }) {
                         return Err(format!(
-                            "instance {} of {} failed to start with the new settings",
-                            o.id, swap.source
+                            "instance {} of {} failed to start with the new settings ({} times)",
+                            o.id,
+                            swap.source,
+                            o.restarts + 1
                         ));
                     }
                     if let Some(o) = mine.iter().find(|o| o.state == InstanceState::Ready) {
@@ -515,13 +546,29 @@ impl Controller {
         Ok(())
     }
 
-    /// After a deploy to `slot` (the writer lock held): its auto swap, if it has one. The
-    /// target when a swap started (which published desired state).
-    pub(crate) fn auto_swap(&self, app: &AppName, slot: &SlotName) -> Option<SlotName> {
-        let app = self.store().app(app).ok()?;
+    /// A deploy's auto swap (the writer lock held): the swap of `slot` into its auto swap
+    /// target that `new` would start once it is the slot's release, if the slot has auto swap
+    /// and the swap can start; otherwise `None`, with the reason in the log.
+    pub(crate) fn plan_auto_swap(
+        &self,
+        app: &App,
+        slot: &SlotName,
+        new: &NewRelease,
+    ) -> Option<Swap> {
         let target = app.slot(slot).and_then(|s| s.auto_swap_to)?;
-        match self.start_swap(&app, slot, &target, false, PLATFORM) {
-            Ok(_) => Some(target),
+        let prospective = Release {
+            app: app.name.clone(),
+            slot: slot.clone(),
+            version: 0,
+            artifact: new.artifact.clone(),
+            procfile: new.procfile.clone(),
+            settings: new.settings.clone(),
+            description: new.description.clone(),
+            actor: new.actor.clone(),
+            created_at: new.created_at,
+        };
+        match self.plan_swap(app, slot, &target, false, PLATFORM, Some(&prospective)) {
+            Ok(swap) => Some(swap),
             Err(e) => {
                 self.inner.logs.slot_event(
                     &app.name,

@@ -1389,6 +1389,24 @@ mod tests {
             "stamp"
         );
 
+        // A deploy with auto swap: the release and its swap commit together, or neither.
+        let mut auto = swap.clone();
+        auto.started_at = Millis(11);
+        s.create_release_and_swap(&a, &staging, new_release("auto", true), &auto)
+            .unwrap();
+        assert_eq!(s.swap(&a).unwrap(), Some(auto.clone()));
+        let count = s.releases(&a, &staging).unwrap().len();
+        assert!(matches!(
+            s.create_release_and_swap(&a, &staging, new_release("again", true), &auto),
+            Err(StoreError::Conflict { .. })
+        ));
+        assert_eq!(
+            s.releases(&a, &staging).unwrap().len(),
+            count,
+            "rolled back"
+        );
+        assert!(s.end_swap(&auto).unwrap());
+
         s.delete_slot(&a, &staging).unwrap();
         assert!(s.releases(&a, &staging).unwrap().is_empty());
         // Its domain went with it.

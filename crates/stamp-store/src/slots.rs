@@ -327,6 +327,29 @@ impl Store {
         })
     }
 
+    /// Creates the slot's next release (as [`Store::create_release`]) and records `swap` of it,
+    /// in one transaction (a deploy with auto swap).
+    pub fn create_release_and_swap(
+        &self,
+        app: &AppName,
+        slot: &SlotName,
+        new: NewRelease,
+        swap: &Swap,
+    ) -> Result<Release> {
+        self.tx(|tx| {
+            let release = insert_release(tx, app, slot, new)?;
+            tx.execute(
+                "INSERT INTO swaps (app, swap) VALUES (?1, ?2)",
+                params![
+                    swap.app.as_str(),
+                    serde_json::to_string(swap).map_err(corrupt)?
+                ],
+            )
+            .map_err(conflict("swap of app", swap.app.to_string()))?;
+            Ok(release)
+        })
+    }
+
     /// Records a new swap; a swap of the same app already in progress is a conflict.
     pub fn start_swap(&self, swap: &Swap) -> Result<()> {
         self.with(|c| {
