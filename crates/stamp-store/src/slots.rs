@@ -338,31 +338,14 @@ impl Store {
     ) -> Result<Release> {
         self.tx(|tx| {
             let release = insert_release(tx, app, slot, new)?;
-            tx.execute(
-                "INSERT INTO swaps (app, swap) VALUES (?1, ?2)",
-                params![
-                    swap.app.as_str(),
-                    serde_json::to_string(swap).map_err(corrupt)?
-                ],
-            )
-            .map_err(conflict("swap of app", swap.app.to_string()))?;
+            insert_swap(tx, swap)?;
             Ok(release)
         })
     }
 
     /// Records a new swap; a swap of the same app already in progress is a conflict.
     pub fn start_swap(&self, swap: &Swap) -> Result<()> {
-        self.with(|c| {
-            c.execute(
-                "INSERT INTO swaps (app, swap) VALUES (?1, ?2)",
-                params![
-                    swap.app.as_str(),
-                    serde_json::to_string(swap).map_err(corrupt)?
-                ],
-            )
-            .map_err(conflict("swap of app", swap.app.to_string()))?;
-            Ok(())
-        })
+        self.with(|c| insert_swap(c, swap))
     }
 
     /// Replaces the app's swap in progress (a phase change), only if it is still `current`:
@@ -504,6 +487,18 @@ impl Store {
             Ok(SwapReleases { target, source })
         })
     }
+}
+
+fn insert_swap(c: &Connection, swap: &Swap) -> Result<()> {
+    c.execute(
+        "INSERT INTO swaps (app, swap) VALUES (?1, ?2)",
+        params![
+            swap.app.as_str(),
+            serde_json::to_string(swap).map_err(corrupt)?
+        ],
+    )
+    .map_err(conflict("swap of app", swap.app.to_string()))?;
+    Ok(())
 }
 
 /// Whether the app's stored swap is `swap`: compared as values, so a record written by an
