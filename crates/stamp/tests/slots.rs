@@ -525,6 +525,42 @@ async fn preview_then_cancel_then_complete() {
     assert!(out.contains("routing switched"), "{out}");
     assert_greeting(&s, "hello", "new").await;
     assert_eq!(env(&s, "hello", "DB").await, "prod-db");
+
+    // Two slots other than production swap the same way: staging (now `old`) into qa.
+    s.ok(&["slot", "create", "hello", "qa"]).await;
+    s.ok(&[
+        "config",
+        "set",
+        "hello",
+        "GREETING=qa",
+        "DB=qa-db",
+        "--slot",
+        "qa",
+        "--no-wait",
+    ])
+    .await;
+    let dir = hello_dir();
+    s.ok(&[
+        "deploy",
+        dir.to_str().unwrap(),
+        "--app",
+        "hello",
+        "--slot",
+        "qa",
+    ])
+    .await;
+    wait_greeting(&s, "hello-qa", "qa").await;
+    wait_greeting(&s, "hello-staging", "old").await;
+    s.ok(&[
+        "slot", "swap", "hello", "--source", "staging", "--target", "qa",
+    ])
+    .await;
+    assert_greeting(&s, "hello-qa", "old").await;
+    assert_eq!(env(&s, "hello-qa", "DB").await, "qa-db");
+    assert_eq!(env(&s, "hello-qa", "WEBSITE_SLOT_NAME").await, "qa");
+    wait_greeting(&s, "hello-staging", "qa").await;
+    wait_env(&s, "hello-staging", "DB", "staging-db").await;
+    assert_greeting(&s, "hello", "new").await;
     s.stop().await;
 }
 
