@@ -234,7 +234,7 @@ impl Controller {
         }
     }
 
-    fn observed(&self) -> Vec<ObservedInstance> {
+    pub(crate) fn observed(&self) -> Vec<ObservedInstance> {
         self.inner.node.observed().borrow().clone()
     }
 
@@ -262,11 +262,6 @@ impl Controller {
             max_workers: app.max_workers,
             created_at: app.created_at.0,
         }
-    }
-
-    /// Instance counts of one lane of an app (a slot's instances).
-    pub(crate) fn lane_counts(&self, app: &AppName, lane: u32) -> wire::InstanceCounts {
-        counts(app, lane, &self.desired(), &self.observed())
     }
 
     pub(crate) fn plan_view(&self, plan: &Plan, apps: &[App]) -> ApiResult<wire::PlanView> {
@@ -349,7 +344,8 @@ fn access_rule_view(r: &AccessRule) -> wire::AccessRuleView {
     }
 }
 
-fn counts(
+/// Instance counts of one lane of an app (a slot's instances).
+pub(crate) fn counts(
     app: &AppName,
     lane: u32,
     desired: &[InstanceSpec],
@@ -953,6 +949,9 @@ async fn change_site(
     let site = change(current.clone())?;
     site.validate().map_err(ApiError::invalid)?;
     if site != current {
+        // A swap's prepared instances carry its target's health check; keep the slots of a
+        // swap as they are until it ends.
+        ensure_not_swapping(c, name, slot)?;
         c.store().set_slot_site(name, slot, &site)?;
         let event = if slot.is_production() {
             event.to_string()
@@ -973,33 +972,17 @@ async fn update_app(
 ) -> ApiResult<Json<wire::AppView>> {
     let name = app_name(&name)?;
     let slot = slot_of(&q)?;
-    let w = c.inner.writer.lock().await;
-    let mut app = c.store().app(&name)?;
     if !slot.is_production() {
-        // A slot's own front-end configuration; scale settings are production's (they stay
-        // with the plan and its production slot, as in Azure).
+        // A slot's own front-end configuration; scale settings are the app's (they stay with
+        // the plan and its production slot, as in Azure).
         if req.max_workers.is_some() {
             return Err(ApiError::invalid(
                 "--max-workers is a scale setting of the app, not of a slot; leave out --slot",
             ));
         }
-        let current = find_slot(&app, &slot)?;
-        let site = apply_update(current.site.clone(), &req)?;
-        if site != current.site {
-            ensure_not_swapping(&c, &name, &slot)?;
-            c.store().set_slot_site(&name, &slot, &site)?;
-            c.inner.logs.slot_event(
-                &name,
-                &[&slot],
-                &format!(
-                    "config: front end of slot {slot} updated: {}",
-                    describe_update(&req)
-                ),
-            );
-            c.synced()?;
-        }
-        drop(w);
-        app = c.store().app(&name)?;
+        let event = format!("config: front end updated: {}", describe_update(&req));
+        change_site(&c, &name, &slot, &event, |site| apply_update(site, &req)).await?;
+        let app = c.store().app(&name)?;
         let release = c.store().current_release(&name, &SlotName::production())?;
         return Ok(Json(c.app_view(
             &app,
@@ -1008,6 +991,8 @@ async fn update_app(
             &c.observed(),
         )));
     }
+    let w = c.inner.writer.lock().await;
+    let mut app = c.store().app(&name)?;
     let site = apply_update(app.site.clone(), &req)?;
     site.validate().map_err(ApiError::invalid)?;
     let cap = match &req.max_workers {

@@ -73,12 +73,16 @@ pub fn served_names(cert_names: &[String], app: &stamp_model::App, domain: &str)
                         .is_some_and(|(label, rest)| !label.is_empty() && rest == parent)
             })
     };
-    let mut owned = vec![format!("{}.{domain}", app.name)];
-    owned.extend(
-        app.slots
-            .iter()
-            .map(|s| format!("{}-{}.{domain}", app.name, s.name)),
-    );
+    let mut owned: Vec<String> = app
+        .all_slots()
+        .iter()
+        .map(|s| {
+            format!(
+                "{}.{domain}",
+                stamp_model::slots::host_label(&app.name, &s.name)
+            )
+        })
+        .collect();
     owned.extend(app.site.domains.iter().cloned());
     owned.extend(
         app.slots

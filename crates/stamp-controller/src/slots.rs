@@ -22,7 +22,7 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use stamp_api_types as wire;
-use stamp_model::slots::{Warmup, swapped_settings};
+use stamp_model::slots::{Warmup, host_label, swapped_settings};
 use stamp_model::{
     App, AppName, InstanceState, LaneConfig, Release, Sku, Slot, SlotName, Swap, SwapPhase,
 };
@@ -100,12 +100,7 @@ pub(crate) fn ensure_not_swapping(c: &Controller, app: &AppName, slot: &SlotName
 impl Controller {
     /// `<app>.<domain>` for production, `<app>-<slot>.<domain>` for any other slot.
     pub(crate) fn slot_hostname(&self, app: &AppName, slot: &SlotName) -> String {
-        let domain = &self.inner.config.domain;
-        if slot.is_production() {
-            format!("{app}.{domain}")
-        } else {
-            format!("{app}-{slot}.{domain}")
-        }
+        format!("{}.{}", host_label(app, slot), self.inner.config.domain)
     }
 
     fn slot_url(&self, app: &AppName, slot: &SlotName) -> String {
@@ -116,7 +111,39 @@ impl Controller {
         }
     }
 
-    fn slot_view(&self, app: &App, slot: &Slot, release: Option<&Release>) -> wire::SlotView {
+    /// The slot's view; `release` is its current release. Reads the desired and observed
+    /// instances once per call: a caller listing several slots uses [`Controller::slot_views`].
+    fn slot_view(&self, app: &App, slot: &Slot) -> ApiResult<wire::SlotView> {
+        let release = self.store().current_release(&app.name, &slot.name)?;
+        Ok(self.slot_view_with(
+            app,
+            slot,
+            release.as_ref(),
+            &self.desired(),
+            &self.observed(),
+        ))
+    }
+
+    /// Every slot's view, production first.
+    fn slot_views(&self, app: &App) -> ApiResult<Vec<wire::SlotView>> {
+        let (desired, observed) = (self.desired(), self.observed());
+        app.all_slots()
+            .iter()
+            .map(|s| {
+                let release = self.store().current_release(&app.name, &s.name)?;
+                Ok(self.slot_view_with(app, s, release.as_ref(), &desired, &observed))
+            })
+            .collect()
+    }
+
+    fn slot_view_with(
+        &self,
+        app: &App,
+        slot: &Slot,
+        release: Option<&Release>,
+        desired: &[stamp_model::InstanceSpec],
+        observed: &[stamp_model::ObservedInstance],
+    ) -> wire::SlotView {
         wire::SlotView {
             name: slot.name.to_string(),
             hostname: self.slot_hostname(&app.name, &slot.name),
@@ -124,7 +151,7 @@ impl Controller {
             release: release.map(|r| r.version),
             auto_swap_to: slot.auto_swap_to.as_ref().map(|s| s.to_string()),
             routing: slot.routing,
-            instances: self.lane_counts(&app.name, slot.lane),
+            instances: crate::api::counts(&app.name, slot.lane, desired, observed),
             site: crate::api::site_view(&slot.site),
         }
     }
@@ -136,18 +163,7 @@ impl Controller {
             .logs
             .slot_event(&swap.app, &[&swap.source, &swap.target], &line);
         let mut all = self.inner.swaps.lock().unwrap_or_else(|p| p.into_inner());
-        let fresh = || {
-            (
-                swap.started_at,
-                wire::SwapView {
-                    source: swap.source.to_string(),
-                    target: swap.target.to_string(),
-                    state: state.to_string(),
-                    done: false,
-                    steps: Vec::new(),
-                },
-            )
-        };
+        let fresh = || (swap.started_at, swap_view(swap, state));
         let (started_at, view) = all.entry(swap.app.clone()).or_insert_with(fresh);
         if *started_at != swap.started_at {
             // Another swap of the same app: its progress starts afresh.
@@ -438,40 +454,15 @@ impl Controller {
                     swap.source
                 ));
             }
-            let mut ports = Vec::new();
-            {
-                let now = observed.borrow_and_update();
-                for d in &desired {
-                    let mine: Vec<_> = now.iter().filter(|o| o.spec == *d).collect();
-                    // A crash that its restarts do not cure (Azure: an instance that fails to
-                    // restart); one crash alone may be the machine, not the settings.
-                    if let Some(o) = mine.iter().find(|o| {
-                        o.state == InstanceState::Crashed && o.restarts >= CRASHES_TO_REVERT - 1
-                    }) {
-                        return Err(format!(
-                            "instance {} of {} failed to start with the new settings ({} times)",
-                            o.id,
-                            swap.source,
-                            o.restarts + 1
-                        ));
-                    }
-                    if let Some(o) = mine.iter().find(|o| o.state == InstanceState::Ready) {
-                        if d.takes_traffic() {
-                            ports.push((o.id.to_string(), o.port));
-                        }
-                    } else {
-                        ports.clear();
-                        break;
-                    }
+            match readiness(&desired, &observed.borrow_and_update()) {
+                Readiness::Ready(ports) => return Ok(ports),
+                Readiness::Failed(id, crashes) => {
+                    return Err(format!(
+                        "instance {id} of {} failed to start with the new settings ({crashes} times)",
+                        swap.source
+                    ));
                 }
-                if ports.len() == desired.iter().filter(|d| d.takes_traffic()).count()
-                    && desired.iter().all(|d| {
-                        now.iter()
-                            .any(|o| o.spec == *d && o.state == InstanceState::Ready)
-                    })
-                {
-                    return Ok(ports);
-                }
+                Readiness::Waiting => {}
             }
             tokio::select! {
                 r = observed.changed() => if r.is_err() { return Err("the node stopped".into()) },
@@ -581,6 +572,54 @@ impl Controller {
     }
 }
 
+/// A swap's progress with no step yet.
+fn swap_view(swap: &Swap, state: &str) -> wire::SwapView {
+    wire::SwapView {
+        source: swap.source.to_string(),
+        target: swap.target.to_string(),
+        state: state.to_string(),
+        done: false,
+        steps: Vec::new(),
+    }
+}
+
+/// Where a swap's source instances are.
+enum Readiness {
+    /// Every one runs the new configuration; the web ones, to warm up, as (instance, port).
+    Ready(Vec<(String, u16)>),
+    /// This one crashed in a row more than its restarts can be expected to cure (Azure: an
+    /// instance that fails to restart); one crash alone may be the machine, not the settings.
+    /// (instance, crashes in a row).
+    Failed(String, u32),
+    Waiting,
+}
+
+fn readiness(
+    desired: &[stamp_model::InstanceSpec],
+    observed: &[stamp_model::ObservedInstance],
+) -> Readiness {
+    let mut ports = Vec::new();
+    let mut all_ready = true;
+    for d in desired {
+        let mine = || observed.iter().filter(|o| o.spec == *d);
+        if let Some(o) = mine()
+            .find(|o| o.state == InstanceState::Crashed && o.restarts >= CRASHES_TO_REVERT - 1)
+        {
+            return Readiness::Failed(o.id.to_string(), o.restarts + 1);
+        }
+        match mine().find(|o| o.state == InstanceState::Ready) {
+            Some(o) if d.takes_traffic() => ports.push((o.id.to_string(), o.port)),
+            Some(_) => {}
+            None => all_ready = false,
+        }
+    }
+    if all_ready {
+        Readiness::Ready(ports)
+    } else {
+        Readiness::Waiting
+    }
+}
+
 // ---- handlers
 
 pub(crate) async fn list_slots(
@@ -588,18 +627,7 @@ pub(crate) async fn list_slots(
     Path(name): Path<String>,
 ) -> ApiResult<Json<Vec<wire::SlotView>>> {
     let app = c.store().app(&app_name(&name)?)?;
-    let releases = c.store().current_releases()?;
-    Ok(Json(
-        app.all_slots()
-            .iter()
-            .map(|s| {
-                let r = releases
-                    .iter()
-                    .find(|r| r.app == app.name && r.slot == s.name);
-                c.slot_view(&app, s, r)
-            })
-            .collect(),
-    ))
+    Ok(Json(c.slot_views(&app)?))
 }
 
 pub(crate) async fn create_slot(
@@ -639,7 +667,7 @@ pub(crate) async fn create_slot(
             )
         }));
     }
-    let label = format!("{name}-{slot_name}");
+    let label = host_label(&name, &slot_name);
     if label.len() > 63 {
         return Err(ApiError::invalid(format!(
             "the slot's hostname label {label} is over 63 characters; use a shorter slot name"
@@ -689,7 +717,7 @@ pub(crate) async fn create_slot(
     let app = c.store().app(&name)?;
     Ok((
         StatusCode::CREATED,
-        Json(c.slot_view(&app, &find_slot(&app, &slot_name)?, None)),
+        Json(c.slot_view(&app, &find_slot(&app, &slot_name)?)?),
     ))
 }
 
@@ -763,12 +791,7 @@ pub(crate) async fn update_slot(
         }
     }
     let app = c.store().app(&name)?;
-    let release = c.store().current_release(&name, &slot)?;
-    Ok(Json(c.slot_view(
-        &app,
-        &find_slot(&app, &slot)?,
-        release.as_ref(),
-    )))
+    Ok(Json(c.slot_view(&app, &find_slot(&app, &slot)?)?))
 }
 
 pub(crate) async fn set_routing(
@@ -958,13 +981,7 @@ impl Controller {
             return v.1.clone();
         }
         match self.store().swap(app) {
-            Ok(Some(s)) => wire::SwapView {
-                source: s.source.to_string(),
-                target: s.target.to_string(),
-                state: s.phase.as_str().to_string(),
-                done: false,
-                steps: Vec::new(),
-            },
+            Ok(Some(s)) => swap_view(&s, s.phase.as_str()),
             _ => wire::SwapView {
                 source: String::new(),
                 target: String::new(),

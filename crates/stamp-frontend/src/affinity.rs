@@ -7,7 +7,6 @@
 //! snapshot is built, so the request path only compares strings.
 
 use hmac::{Hmac, Mac};
-use http::header::COOKIE;
 use http::{HeaderMap, HeaderValue};
 use sha2::Sha256;
 use stamp_model::{AppName, InstanceId};
@@ -68,21 +67,14 @@ pub(crate) struct AffinityCookie {
 /// `ARRAffinitySameSite`, when it has the shape of a token.
 pub(crate) fn token_of(headers: &HeaderMap) -> Option<&str> {
     let mut same_site = None;
-    for value in headers.get_all(COOKIE) {
-        let Ok(value) = value.to_str() else { continue };
-        for pair in value.split(';') {
-            let Some((name, token)) = pair.trim().split_once('=') else {
-                continue;
-            };
-            let token = token.trim();
-            if token.len() != TOKEN_LEN || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
-                continue;
-            }
-            match name.trim() {
-                COOKIE_NAME => return Some(token),
-                COOKIE_NAME_SAME_SITE => same_site = same_site.or(Some(token)),
-                _ => {}
-            }
+    for (name, token) in crate::cookie::pairs(headers) {
+        if token.len() != TOKEN_LEN || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
+            continue;
+        }
+        match name {
+            COOKIE_NAME => return Some(token),
+            COOKIE_NAME_SAME_SITE => same_site = same_site.or(Some(token)),
+            _ => {}
         }
     }
     same_site
@@ -148,7 +140,10 @@ mod tests {
         let check = |cookies: &[&str], expected: Option<&str>| {
             let mut headers = HeaderMap::new();
             for cookie in cookies {
-                headers.append(COOKIE, HeaderValue::from_str(cookie).expect("valid"));
+                headers.append(
+                    http::header::COOKIE,
+                    HeaderValue::from_str(cookie).expect("valid"),
+                );
             }
             assert_eq!(token_of(&headers), expected, "{cookies:?}");
         };

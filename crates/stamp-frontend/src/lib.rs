@@ -18,6 +18,7 @@ mod affinity;
 mod body;
 mod budget;
 mod conn;
+mod cookie;
 mod error;
 mod forwarded;
 mod metrics;

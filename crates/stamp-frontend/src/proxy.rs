@@ -371,6 +371,13 @@ impl Inner {
             }
             Lookup::App(route) => route,
         };
+        let forwarding = Forwarding::new(
+            host.clone(),
+            conn,
+            request_id,
+            request.headers(),
+            &self.config.trusted_proxies,
+        );
         // Testing in production: a production route with routing rules may hand the request to
         // one of its slots, which then serves it as if its own host had been asked for, once
         // production's own gate (access rules, quota stop, HTTPS only) let it through.
@@ -383,7 +390,7 @@ impl Inner {
                 host: host_str,
                 domain: snapshot.table.domain(),
             };
-            if let Some(refused) = self.gate(&production, &request, conn, start) {
+            if let Some(refused) = self.gate(&production, &request, &forwarding, start) {
                 return refused;
             }
             ramp::choose(
@@ -401,9 +408,7 @@ impl Inner {
             host: host_str,
             domain: snapshot.table.domain(),
         };
-        let mut response = self
-            .serve_app(&cx, request, &host, conn, start, request_id)
-            .await;
+        let mut response = self.serve_app(&cx, request, forwarding, start).await;
         if let Some(cookie) = routing_cookie {
             response.headers_mut().append(SET_COOKIE, cookie);
         }
@@ -416,23 +421,17 @@ impl Inner {
         &self,
         cx: &AppCx<'_>,
         request: &Request<Incoming>,
-        conn: &ConnInfo,
+        forwarding: &Forwarding<'_>,
         start: Instant,
     ) -> Option<Response<ResponseBody>> {
         let site = &*cx.route.site;
-        let peer = conn.peer_ip();
-        let client_ip = if forwarded::peer_trusted(peer, &self.config.trusted_proxies) {
-            forwarded::client_ip(peer, request.headers(), &self.config.trusted_proxies)
-        } else {
-            peer
-        };
-        if !site.allows(client_ip) {
+        if !site.allows(forwarding.client) {
             return Some(self.app_error(FrontendError::AccessDenied, cx, start));
         }
         if site.stopped {
             return Some(self.app_error(FrontendError::AppStopped, cx, start));
         }
-        if site.https_only && conn.tls.is_none() {
+        if site.https_only && forwarding.conn.tls.is_none() {
             return Some(self.redirect_to_https(request, cx, start));
         }
         None
@@ -444,30 +443,19 @@ impl Inner {
         &self,
         cx: &AppCx<'_>,
         request: Request<Incoming>,
-        host: &HeaderValue,
-        conn: &ConnInfo,
+        forwarding: Forwarding<'_>,
         start: Instant,
-        request_id: &HeaderValue,
     ) -> Response<ResponseBody> {
         let route = cx.route;
-        if let Some(refused) = self.gate(cx, &request, conn, start) {
+        if let Some(refused) = self.gate(cx, &request, &forwarding, start) {
             return refused;
         }
-        let peer = conn.peer_ip();
-        let trusted = forwarded::peer_trusted(peer, &self.config.trusted_proxies);
         if request.body().size_hint().lower() > self.config.max_request_body {
             return self.app_error(FrontendError::RequestTooLarge, cx, start);
         }
         if route.backends.is_empty() || cx.state.instances.is_empty() {
             return self.app_error(FrontendError::NoReadyInstance, cx, start);
         }
-        let forwarding = Forwarding {
-            host: host.clone(),
-            peer,
-            trusted,
-            conn,
-            request_id,
-        };
         match self.forward(cx, request, forwarding, start).await {
             Ok(response) => response,
             Err(error) => self.app_error(error, cx, start),
@@ -727,11 +715,38 @@ struct Forwarding<'a> {
     peer: std::net::IpAddr,
     /// Whether the peer is a trusted proxy (its `X-Forwarded-For` is kept).
     trusted: bool,
+    /// The client address access rules judge: the peer, or what a trusted proxy forwarded.
+    client: std::net::IpAddr,
     conn: &'a ConnInfo,
     request_id: &'a HeaderValue,
 }
 
-impl Forwarding<'_> {
+impl<'a> Forwarding<'a> {
+    /// Who sent the request, worked out once per request.
+    fn new(
+        host: HeaderValue,
+        conn: &'a ConnInfo,
+        request_id: &'a HeaderValue,
+        headers: &http::HeaderMap,
+        trusted_proxies: &[ipnet::IpNet],
+    ) -> Forwarding<'a> {
+        let peer = conn.peer_ip();
+        let trusted = forwarded::peer_trusted(peer, trusted_proxies);
+        let client = if trusted {
+            forwarded::client_ip(peer, headers, trusted_proxies)
+        } else {
+            peer
+        };
+        Forwarding {
+            host,
+            peer,
+            trusted,
+            client,
+            conn,
+            request_id,
+        }
+    }
+
     /// Strips hop-by-hop headers (putting back the two an upgrade needs) and sets `Host`,
     /// `X-Forwarded-*`, `X-AppService-Proto`, `X-Original-URL` and `X-Request-Id`, replacing
     /// whatever the client sent under those names.

@@ -10,7 +10,6 @@
 //! Only requests to a route with a non-empty ramp come here: the request path checks
 //! `ramp.is_empty()` first, so apps without rules pay nothing.
 
-use http::header::COOKIE;
 use http::{HeaderMap, HeaderValue, Uri};
 use stamp_model::slots::{
     ROUTING_COOKIE_MAX_AGE_SECS, ROUTING_NAME, ROUTING_SELF, pick_by_percent,
@@ -90,8 +89,7 @@ fn decide<'a>(
             set_cookie: false,
         };
     }
-    let rules: Vec<(&Ramp, u8)> = ramp.iter().map(|r| (r, r.percent)).collect();
-    let choice = match pick_by_percent(&rules, dice()) {
+    let choice = match pick_by_percent(ramp.iter().map(|r| (r, r.percent)), dice()) {
         Some(ramp) => Choice::Slot(ramp),
         None => Choice::Production,
     };
@@ -124,23 +122,13 @@ fn query_values(query: &str) -> impl Iterator<Item = &str> {
 /// The values of every cookie called `name` in the request's `Cookie` headers, in order
 /// (RFC 6265 §5.4: `a=1; b=2`, possibly over several headers; a quoted value is unquoted).
 fn cookie_values<'h>(headers: &'h HeaderMap, name: &'h str) -> impl Iterator<Item = &'h str> {
-    headers
-        .get_all(COOKIE)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(';'))
-        .filter_map(move |pair| {
-            let (key, value) = pair.trim().split_once('=')?;
-            if key.trim() != name {
-                return None;
-            }
-            let value = value.trim();
-            Some(
-                value
-                    .strip_prefix('"')
-                    .and_then(|v| v.strip_suffix('"'))
-                    .unwrap_or(value),
-            )
+    crate::cookie::pairs(headers)
+        .filter(move |(key, _)| *key == name)
+        .map(|(_, value)| {
+            value
+                .strip_prefix('"')
+                .and_then(|v| v.strip_suffix('"'))
+                .unwrap_or(value)
         })
 }
 
@@ -173,7 +161,10 @@ mod tests {
     fn cookies(values: &[&str]) -> HeaderMap {
         let mut headers = HeaderMap::new();
         for value in values {
-            headers.append(COOKIE, HeaderValue::from_str(value).expect("valid"));
+            headers.append(
+                http::header::COOKIE,
+                HeaderValue::from_str(value).expect("valid"),
+            );
         }
         headers
     }

@@ -38,6 +38,16 @@ pub struct Slot {
     pub created_at: Millis,
 }
 
+/// A slot's hostname label under the stamp's domain: `<app>` for production, `<app>-<slot>`
+/// for any other slot (Azure's `<site>-<slot>.azurewebsites.net`).
+pub fn host_label(app: &AppName, slot: &SlotName) -> String {
+    if slot.is_production() {
+        app.to_string()
+    } else {
+        format!("{app}-{slot}")
+    }
+}
+
 /// What a slot's lane runs, resolved from its current release or, for a swap's source, from
 /// the swap. Everything [`crate::InstanceSpec`] takes from the slot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -225,10 +235,10 @@ pub const ROUTING_COOKIE_MAX_AGE_SECS: u64 = 3600;
 
 /// Picks the slot a fresh client of production goes to: `rules` are `(slot, percent)` with
 /// percentages summing to at most 100, `dice` a uniform number in `0..100`. `None`: production.
-pub fn pick_by_percent<T>(rules: &[(T, u8)], dice: u32) -> Option<&T> {
+pub fn pick_by_percent<T>(rules: impl IntoIterator<Item = (T, u8)>, dice: u32) -> Option<T> {
     let mut edge = 0u32;
     for (slot, percent) in rules {
-        edge += u32::from(*percent);
+        edge += u32::from(percent);
         if dice < edge {
             return Some(slot);
         }
@@ -306,10 +316,10 @@ mod tests {
     #[test]
     fn percent_picks_cover_their_share() {
         let rules = [("a", 10u8), ("b", 20u8)];
-        let picks: Vec<Option<&&str>> = (0..100).map(|d| pick_by_percent(&rules, d)).collect();
-        assert_eq!(picks.iter().filter(|p| **p == Some(&"a")).count(), 10);
-        assert_eq!(picks.iter().filter(|p| **p == Some(&"b")).count(), 20);
+        let picks: Vec<Option<&str>> = (0..100).map(|d| pick_by_percent(rules, d)).collect();
+        assert_eq!(picks.iter().filter(|p| **p == Some("a")).count(), 10);
+        assert_eq!(picks.iter().filter(|p| **p == Some("b")).count(), 20);
         assert_eq!(picks.iter().filter(|p| p.is_none()).count(), 70);
-        assert_eq!(pick_by_percent::<&str>(&[], 0), None);
+        assert_eq!(pick_by_percent::<&str>([], 0), None);
     }
 }

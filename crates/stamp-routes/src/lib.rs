@@ -291,7 +291,7 @@ impl RouteTable {
                 map.entry(key).or_insert(index);
             }
             if !entry.slot.is_production() {
-                slot_labels.push((format!("{app}-{}", entry.slot), index));
+                slot_labels.push((stamp_model::slots::host_label(app, &entry.slot), index));
                 if let (Some(percent), Some(&production)) = (entry.routing, production_of.get(app))
                 {
                     ramps.push((

@@ -544,8 +544,7 @@ impl Store {
                     })
                 })
                 .collect::<Result<Vec<App>>>()?;
-            for slot in query_slots(c, only)? {
-                let (app, slot) = slot?;
+            for (app, slot) in query_slots(c, only)? {
                 if let Some(a) = apps.iter_mut().find(|a| a.name.as_str() == app) {
                     a.slots.push(slot);
                 }
@@ -819,7 +818,7 @@ impl Store {
     }
 
     pub fn current_release(&self, app: &AppName, slot: &SlotName) -> Result<Option<Release>> {
-        Ok(self.releases(app, slot)?.into_iter().next())
+        self.with(|c| slots::current_release_in(c, app, slot))
     }
 
     fn query_releases(&self, filter: &str, args: impl rusqlite::Params) -> Result<Vec<Release>> {

@@ -12,10 +12,7 @@ use crate::{
 };
 
 /// Rows of `slots` (of every app, or of `only`), as `(app, slot)`.
-pub(crate) fn query_slots(
-    c: &Connection,
-    only: Option<&str>,
-) -> Result<Vec<Result<(String, Slot)>>> {
+pub(crate) fn query_slots(c: &Connection, only: Option<&str>) -> Result<Vec<(String, Slot)>> {
     let mut stmt = c.prepare(
         "SELECT app, name, lane, settings, generation, site, auto_swap_to, routing, created_at
          FROM slots WHERE ?1 IS NULL OR app = ?1 ORDER BY app, name",
@@ -33,29 +30,26 @@ pub(crate) fn query_slots(
             r.get::<_, u64>(8)?,
         ))
     })?;
-    let out = rows
-        .map(|row| {
-            let (app, name, lane, settings, generation, site, auto_swap_to, routing, created_at) =
-                row?;
-            Ok((
-                app,
-                Slot {
-                    name: SlotName::parse(&name).map_err(corrupt)?,
-                    lane,
-                    settings: serde_json::from_str(&settings).map_err(corrupt)?,
-                    generation,
-                    site: serde_json::from_str(&site).map_err(corrupt)?,
-                    auto_swap_to: auto_swap_to
-                        .map(|s| SlotName::parse(&s))
-                        .transpose()
-                        .map_err(corrupt)?,
-                    routing,
-                    created_at: Millis(created_at),
-                },
-            ))
-        })
-        .collect();
-    Ok(out)
+    rows.map(|row| {
+        let (app, name, lane, settings, generation, site, auto_swap_to, routing, created_at) = row?;
+        Ok((
+            app,
+            Slot {
+                name: SlotName::parse(&name).map_err(corrupt)?,
+                lane,
+                settings: serde_json::from_str(&settings).map_err(corrupt)?,
+                generation,
+                site: serde_json::from_str(&site).map_err(corrupt)?,
+                auto_swap_to: auto_swap_to
+                    .map(|s| SlotName::parse(&s))
+                    .transpose()
+                    .map_err(corrupt)?,
+                routing,
+                created_at: Millis(created_at),
+            },
+        ))
+    })
+    .collect()
 }
 
 /// Makes `settings` the slot's settings (production's are the app's).
@@ -419,9 +413,9 @@ impl Store {
             };
             let (source_settings, source_lane) = settings_and_lane(tx, &swap.app, &swap.source)?;
             let (_, target_lane) = settings_and_lane(tx, &swap.app, &swap.target)?;
-            let before: Option<Release> = current_release_tx(tx, &swap.app, &swap.target)?;
+            let before: Option<Release> = current_release_in(tx, &swap.app, &swap.target)?;
             let source_version =
-                current_release_tx(tx, &swap.app, &swap.source)?.map_or(0, |r| r.version);
+                current_release_in(tx, &swap.app, &swap.source)?.map_or(0, |r| r.version);
             let config = &swap.source_config;
             if !stored_swap_is(tx, swap)? {
                 return Err(StoreError::NotFound {
@@ -517,13 +511,14 @@ fn stored_swap_is(tx: &Transaction<'_>, swap: &Swap) -> Result<bool> {
     }
 }
 
-fn current_release_tx(
-    tx: &Transaction<'_>,
+/// The slot's newest release.
+pub(crate) fn current_release_in(
+    c: &Connection,
     app: &AppName,
     slot: &SlotName,
 ) -> Result<Option<Release>> {
     Ok(releases_where(
-        tx,
+        c,
         "WHERE app = ?1 AND slot = ?2 ORDER BY version DESC LIMIT 1",
         params![app.as_str(), slot.as_str()],
     )?

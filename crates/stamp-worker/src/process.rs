@@ -422,14 +422,10 @@ async fn forward(
     }
 }
 
-/// The instance's public hostname: `<app>.<domain>`, or `<app>-<slot>.<domain>` for a slot's
-/// configuration (what `WEBSITE_HOSTNAME` is in Azure).
+/// The instance's public hostname, that of the slot whose configuration it runs (what
+/// `WEBSITE_HOSTNAME` is in Azure).
 fn hostname(app: &stamp_model::AppName, slot: &stamp_model::SlotName, domain: &str) -> String {
-    if slot.is_production() {
-        format!("{app}.{domain}")
-    } else {
-        format!("{app}-{slot}.{domain}")
-    }
+    format!("{}.{domain}", stamp_model::slots::host_label(app, slot))
 }
 
 #[cfg(test)]

@@ -639,6 +639,12 @@ async fn auto_swap_after_deploy_and_rollback_restores_code_and_settings() {
     s.stop().await;
 }
 
+/// The body of `GET url` sent with `cookie`.
+async fn with_cookie(client: &reqwest::Client, url: &str, cookie: &str) -> String {
+    let r = client.get(url).header("cookie", cookie).send().await;
+    r.unwrap().text().await.unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn traffic_routing_by_percentage_with_pinning_and_opt_in() {
     let tmp = tempfile::tempdir().unwrap();
@@ -665,7 +671,8 @@ async fn traffic_routing_by_percentage_with_pinning_and_opt_in() {
         .unwrap();
     let url = s.url("hello");
     let mut staging = 0;
-    let mut pinned = None;
+    // The cookie each side handed out, as a client sends it back (`name=value`).
+    let mut issued: std::collections::BTreeMap<bool, String> = Default::default();
     for _ in 0..1000 {
         let r = client.get(&url).send().await.unwrap();
         let cookie = r
@@ -677,31 +684,33 @@ async fn traffic_routing_by_percentage_with_pinning_and_opt_in() {
             .expect("a routing cookie")
             .to_string();
         let body = r.text().await.unwrap();
-        if body.trim_end().ends_with(": new") {
+        let to_staging = body.trim_end().ends_with(": new");
+        if to_staging {
             staging += 1;
             assert!(cookie.starts_with("x-ms-routing-name=staging;"), "{cookie}");
-            pinned.get_or_insert(cookie);
         } else {
             assert!(cookie.starts_with("x-ms-routing-name=self;"), "{cookie}");
         }
+        assert!(
+            cookie.contains("Max-Age=3600"),
+            "pinned for an hour: {cookie}"
+        );
+        issued
+            .entry(to_staging)
+            .or_insert_with(|| cookie.split(';').next().unwrap().to_string());
     }
     assert!(
         (240..=360).contains(&staging),
         "{staging} of 1000 reached staging"
     );
 
-    // A pinned client stays on its slot.
-    for _ in 0..30 {
-        let body = client
-            .get(&url)
-            .header("cookie", "x-ms-routing-name=staging")
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        assert!(body.trim_end().ends_with(": new"), "{body}");
+    // A client sending back the cookie it was given stays on its slot.
+    for (to_staging, cookie) in &issued {
+        let want = if *to_staging { ": new" } else { ": old" };
+        for _ in 0..30 {
+            let body = with_cookie(&client, &url, cookie).await;
+            assert!(body.trim_end().ends_with(want), "{cookie}: {body}");
+        }
     }
     // Query opt-in and opt-out, also with an explicit 0 %.
     s.ok(&["slot", "route", "hello", "staging=0"]).await;
@@ -711,7 +720,9 @@ async fn traffic_routing_by_percentage_with_pinning_and_opt_in() {
     }
     let (_, body) = s.get_path("hello", "/?x-ms-routing-name=staging").await;
     assert!(body.trim_end().ends_with(": new"), "{body}");
-    let (_, body) = s.get_path("hello", "/?x-ms-routing-name=self").await;
+    // Opting out wins over a cookie pinning the client to staging.
+    let opt_out = format!("{url}?x-ms-routing-name=self");
+    let body = with_cookie(&client, &opt_out, "x-ms-routing-name=staging").await;
     assert!(body.trim_end().ends_with(": old"), "{body}");
     // No rule: no opt-in.
     s.ok(&["slot", "route", "hello"]).await;
