@@ -102,6 +102,7 @@ trap 'exit 130' INT TERM
 
 API_PORT=$(free_port); HTTP_PORT=$(free_port); HTTPS_PORT=$(free_port)
 NGINX_PORT=$(free_port); NGINX_TLS_PORT=$(free_port); CALIB_PORT=$(free_port)
+NGINX_PRIO_PORT=$(free_port)
 
 
 cores_busy() { # "busy0 busy1": per-core non-idle jiffies and total jiffies since boot, for cpu0 and cpu1
@@ -200,13 +201,32 @@ http {
     }
 }
 EOF
+start_nginx() { # start_nginx DIR PORT: nginx on core 0 with DIR/nginx.conf; its master and worker pids
+    local dir=$1 port=$2 pid
+    taskset -c $SERVER_CPU nginx -p "$dir" -e "$dir/logs/error.log" -c "$dir/nginx.conf" \
+        -g 'daemon off;' >"$dir/stdout.log" 2>&1 &
+    pid=$!
+    PIDS+=("$pid")
+    wait_for 10 curl -fsS -H "Host: $HOST" "http://127.0.0.1:$port/" >/dev/null \
+        || { cat "$dir/logs/error.log" >&2; die "nginx ($dir) does not proxy"; }
+    STARTED_PIDS=("$pid" $(pgrep -P "$pid"))
+}
 log "starting nginx $nginx_version on core $SERVER_CPU (http://127.0.0.1:$NGINX_PORT)"
-taskset -c $SERVER_CPU nginx -p "$WORK/nginx" -e "$WORK/nginx/logs/error.log" \
-    -c "$WORK/nginx/nginx.conf" -g 'daemon off;' >"$WORK/nginx/stdout.log" 2>&1 &
-NGINX_PID=$!
-PIDS+=("$NGINX_PID")
-wait_for 10 curl -fsS -H "Host: $HOST" "http://127.0.0.1:$NGINX_PORT/" || { cat "$WORK/nginx/logs/error.log" >&2; die "nginx does not proxy"; }
-NGINX_PIDS=("$NGINX_PID" $(pgrep -P "$NGINX_PID"))
+start_nginx "$WORK/nginx" "$NGINX_PORT"
+NGINX_PIDS=("${STARTED_PIDS[@]}")
+
+# The same nginx with its worker at the priority `stamp up` gives itself (nice -10, see
+# `stamp up --nice`): shown apart, as the comparison at equal priority. HTTP only.
+mkdir -p "$WORK/nginx-prio/logs"
+sed -e "s#^worker_processes 1;#worker_processes 1;\nworker_priority -10;#" \
+    -e "s#$WORK/nginx/nginx.pid#$WORK/nginx-prio/nginx.pid#" \
+    -e "s#$WORK/nginx/logs#$WORK/nginx-prio/logs#" \
+    -e "s#listen 127.0.0.1:$NGINX_PORT;#listen 127.0.0.1:$NGINX_PRIO_PORT;#" \
+    -e "/listen 127.0.0.1:$NGINX_TLS_PORT ssl;/d" -e "/listen 127.0.0.1:$CALIB_PORT;/d" \
+    -e "/location \/ { return 200/d" "$WORK/nginx/nginx.conf" >"$WORK/nginx-prio/nginx.conf"
+start_nginx "$WORK/nginx-prio" "$NGINX_PRIO_PORT"
+NGINX_PRIO_PIDS=("${STARTED_PIDS[@]}")
+log "nginx (worker_priority -10) pids ${NGINX_PRIO_PIDS[*]}, nice $(ps -o ni= -p "${NGINX_PRIO_PIDS[1]}" | tr -d ' ')"
 log "nginx master + worker pids ${NGINX_PIDS[*]}; CPU affinity: $(for p in "${NGINX_PIDS[@]}"; do taskset -cp "$p" | sed 's/.*: //'; done | paste -sd,)"
 
 # --- measurements -------------------------------------------------------------------------------
@@ -220,6 +240,7 @@ url_of() { # url_of TARGET SCHEME
         direct/http) echo "http://127.0.0.1:$BACKEND_PORT/" ;;
         calib/http) echo "http://127.0.0.1:$CALIB_PORT/" ;;
         nginx/http) echo "http://127.0.0.1:$NGINX_PORT/" ;;
+        nginx_prio/http) echo "http://127.0.0.1:$NGINX_PRIO_PORT/" ;;
         stamp/http) echo "http://127.0.0.1:$HTTP_PORT/" ;;
         nginx/https) echo "https://127.0.0.1:$NGINX_TLS_PORT/" ;;
         stamp/https) echo "https://127.0.0.1:$HTTPS_PORT/" ;;
@@ -229,6 +250,7 @@ port_of() { url_of "$@" | sed 's#.*:\([0-9]*\)/$#\1#'; }
 proxy_pids() { # the processes whose CPU counts as the proxy's
     case "$1" in
         nginx | calib) echo "${NGINX_PIDS[@]}" ;;
+        nginx_prio) echo "${NGINX_PRIO_PIDS[@]}" ;;
         stamp) echo "$STAMP_PID" ;;
         direct) echo "$INSTANCE_PID" ;;
     esac
@@ -319,12 +341,12 @@ tls_params() { # what a client negotiates with TARGET over TLS
 
 # Warm up every path (connection pools, caches, CPU frequency) before measuring.
 log "warming up"
-for target in direct nginx stamp; do
+for target in direct nginx stamp nginx_prio; do
     taskset -c $CLIENT_CPU wrk -t1 -c"$CONNS" -d2s -H "Host: $HOST" "$(url_of $target http)" >/dev/null 2>&1 || true
 done
 
 # Runs interleave the targets so slow drift on the VM spreads over all of them.
-HTTP_TARGETS=(direct nginx stamp)
+HTTP_TARGETS=(direct nginx stamp nginx_prio)
 for run in $(seq 1 "$RUNS"); do
     for target in calib "${HTTP_TARGETS[@]}"; do closed_loop http "$target" http "$run"; done
 done

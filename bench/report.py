@@ -125,6 +125,33 @@ def main():
         print_table(header, rows)
         print()
 
+    # Stamp runs its front end at nice -10 (`stamp up --nice`); nginx can do the same with
+    # `worker_priority -10`. Shown apart: the targets compare nginx as commonly configured.
+    if ("http", "nginx_prio", "rps") in values:
+        print("equal priority: nginx with `worker_priority -10` (the nice `stamp up` gives itself), HTTP:")
+        rows = []
+        for label, metric, added in (
+                ("throughput, req/s (closed loop)", "rps", False),
+                ("proxy CPU us/request at saturation", "cpu_us_per_req_sat", False),
+                ("proxy CPU us/request at the fixed rate", "cpu_us_per_req_fixed", False),
+                ("latency p50 ms at the fixed rate", "p50_ms", False),
+                ("latency p99 ms at the fixed rate", "p99_ms", False),
+                ("added p99 ms over direct", "p99_ms", True)):
+            prio, stamp = med("http", "nginx_prio", metric), med("http", "stamp", metric)
+            if prio is None or stamp is None:
+                continue
+            if added:
+                direct = med("http", "direct", metric)
+                if direct is None:
+                    continue
+                prio, stamp = prio - direct, stamp - direct
+                rows.append([label, f"{prio:+.3f}", f"{stamp:+.3f}", ""])
+                continue
+            ratio = f"{stamp / prio:.2f}" if prio > 0 else ""
+            rows.append([label, fmt_num(prio) + spread("http", "nginx_prio", metric), fmt_num(stamp), ratio])
+        print_table(["metric", "nginx -10", "stamp", "Stamp/nginx -10"], rows)
+        print()
+
     # The direct path has no proxy: its "CPU/request" is the backend's own, shown for scale.
     calib = med("http", "calib", "rps")
     if calib:

@@ -66,8 +66,13 @@ pub(crate) struct AffinityCookie {
 /// The affinity token the request carries, if any: the value of `ARRAffinity`, else of
 /// `ARRAffinitySameSite`, when it has the shape of a token.
 pub(crate) fn token_of(headers: &HeaderMap) -> Option<&str> {
+    token_in(crate::cookie::pairs(headers))
+}
+
+/// The same, over cookie pairs already split.
+pub(crate) fn token_in<'a>(pairs: impl Iterator<Item = (&'a str, &'a str)>) -> Option<&'a str> {
     let mut same_site = None;
-    for (name, token) in crate::cookie::pairs(headers) {
+    for (name, token) in pairs {
         if token.len() != TOKEN_LEN || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
             continue;
         }

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
+use crossbeam_queue::ArrayQueue;
 use http::header::{
     CONNECTION, EXPECT, HOST, LOCATION, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, SET_COOKIE, TE,
     TRAILER, TRANSFER_ENCODING, UPGRADE,
@@ -41,6 +42,9 @@ use crate::forwarded;
 use crate::metrics::{self, AppCounters, AppMetrics, GlobalErrors, InstanceCounters};
 use crate::ramp;
 use crate::upgrade;
+
+mod fast;
+pub(crate) use fast::{Ended, Rewind};
 
 pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -97,6 +101,9 @@ pub(crate) struct Instance {
     pub(crate) in_flight: AtomicUsize,
     pub(crate) counters: InstanceCounters,
     affinity: AffinityCookie,
+    /// Idle keep-alive connections to the instance that no client connection holds, for the
+    /// fast path. Lock-free, and bounded: one more is closed.
+    idle: ArrayQueue<fast::Upstream>,
 }
 
 /// One request counted in flight at an instance while it is being sent; dropped (and uncounted)
@@ -127,6 +134,26 @@ impl Drop for Attempt<'_> {
 struct AppState {
     counters: Arc<AppCounters>,
     instances: Vec<Arc<Instance>>,
+}
+
+impl AppState {
+    /// The instance an affinity token names, if it is in this snapshot.
+    fn pinned(&self, token: Option<&str>) -> Option<usize> {
+        let token = token?;
+        self.instances
+            .iter()
+            .position(|i| i.affinity.token == token)
+    }
+
+    /// Where a request goes first: the instance it is pinned to, else the app's balancing pick.
+    fn first(&self, route: &AppRoute, pinned: Option<usize>) -> Option<usize> {
+        pinned.or_else(|| {
+            let load = |i: usize| self.instances[i].in_flight.load(Ordering::Relaxed);
+            route
+                .pick_balanced(rand::random, load)
+                .map(|(index, _)| index)
+        })
+    }
 }
 
 /// One immutable routing state: the table and, per route (by index), its state.
@@ -229,6 +256,7 @@ impl Inner {
                             in_flight: AtomicUsize::new(0),
                             counters: InstanceCounters::default(),
                             affinity: self.affinity.cookie(&route.app, &backend.instance),
+                            idle: ArrayQueue::new(fast::IDLE_PER_INSTANCE),
                         });
                         entries.push(Arc::downgrade(&instance));
                         instance
@@ -462,6 +490,16 @@ impl Inner {
         }
     }
 
+    /// Whether the app's retry budget allows one more try now, and takes it.
+    fn may_retry(&self, state: &AppState) -> bool {
+        let now = Instant::now().duration_since(self.epoch);
+        let now_ms = u64::try_from(now.as_millis()).unwrap_or(u64::MAX);
+        state
+            .counters
+            .budget
+            .try_withdraw(state.counters.requests.total(), now_ms)
+    }
+
     /// An error for a request that named no app: counted once, globally.
     fn global_error(
         &self,
@@ -566,27 +604,13 @@ impl Inner {
         let (parts, body) = request.into_parts();
         let mut headers = parts.headers;
 
-        let pinned = if site.client_affinity {
-            affinity::token_of(&headers).and_then(|token| {
-                state
-                    .instances
-                    .iter()
-                    .position(|i| i.affinity.token == token)
-            })
-        } else {
-            None
-        };
-        let first = match pinned {
-            Some(index) => index,
-            None => {
-                route
-                    .pick_balanced(rand::random, |i| {
-                        state.instances[i].in_flight.load(Ordering::Relaxed)
-                    })
-                    .ok_or(FrontendError::NoReadyInstance)?
-                    .0
-            }
-        };
+        let pinned = site
+            .client_affinity
+            .then(|| state.pinned(affinity::token_of(&headers)))
+            .flatten();
+        let first = state
+            .first(route, pinned)
+            .ok_or(FrontendError::NoReadyInstance)?;
 
         fwd.apply(&mut headers, &parts.uri, upgrade.clone());
         let method = parts.method;
@@ -644,13 +668,7 @@ impl Inner {
                     tracing::warn!(app = %route.app, instance = %instance.id, addr = %instance.addr, error = %Chain(&error), "failed to connect to the instance");
                     return Err(FrontendError::InstanceUnreachable);
                 }
-                let now = Instant::now().duration_since(self.epoch);
-                let now_ms = u64::try_from(now.as_millis()).unwrap_or(u64::MAX);
-                if !state
-                    .counters
-                    .budget
-                    .try_withdraw(state.counters.requests.total(), now_ms)
-                {
+                if !self.may_retry(state) {
                     tracing::warn!(app = %route.app, instance = %instance.id, addr = %instance.addr, error = %Chain(&error), "failed to connect to the instance; not retrying: the app's retry budget is spent");
                     return Err(FrontendError::InstanceUnreachable);
                 }

@@ -23,7 +23,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::conn::ConnInfo;
-use crate::proxy::Inner;
+use crate::proxy::{Ended, Inner, Rewind};
 use crate::tls::Tls;
 
 /// Pause after an accept error that is not about one connection (typically out of file
@@ -141,7 +141,7 @@ async fn connection(
     match transport {
         Transport::Plain => {
             let conn = ConnInfo::plain(peer);
-            serve_connection(inner, builder, stream, conn, first_request_by, stop).await;
+            serve_http1(inner, builder, stream, conn, first_request_by, stop).await;
         }
         Transport::Tls(tls) => {
             let handshake = tokio::select! {
@@ -151,7 +151,13 @@ async fn connection(
             };
             match handshake {
                 Ok(Some((stream, conn))) => {
-                    serve_connection(inner, builder, stream, conn, first_request_by, stop).await;
+                    // HTTP/2 (chosen by ALPN) is hyper's from the start.
+                    if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                        serve_connection(inner, builder, stream, conn, first_request_by, stop)
+                            .await;
+                        return;
+                    }
+                    serve_http1(inner, builder, stream, conn, first_request_by, stop).await;
                 }
                 // Logged and counted by `accept`.
                 Ok(None) => {}
@@ -161,6 +167,30 @@ async fn connection(
                 }
             }
         }
+    }
+}
+
+/// An HTTP/1.1 connection (or one that may be: hyper tells h2c apart): the fast path's for as
+/// long as its requests take it, then hyper's with the bytes read so far.
+async fn serve_http1<IO>(
+    inner: Arc<Inner>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    mut stream: IO,
+    conn: ConnInfo,
+    first_request_by: Instant,
+    mut stop: watch::Receiver<()>,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let ended = inner
+        .serve_fast(&mut stream, &conn, first_request_by, &mut stop)
+        .await;
+    if let Ended::HandOff(read) = ended {
+        // The first-request deadline is over once a request is under way: hyper's header read
+        // timeout bounds the one it takes first.
+        let by = first_request_by.max(Instant::now() + inner.config.header_read_timeout);
+        let stream = Rewind::new(read, stream);
+        serve_connection(inner, builder, stream, conn, by, stop).await;
     }
 }
 

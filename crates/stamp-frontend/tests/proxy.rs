@@ -3,16 +3,21 @@
 //! 127.0.0.1:0, and real HTTP clients (the hyper-util pooled client, raw TCP writes where the
 //! exact bytes matter, an h2 connection, a rustls client for what depends on TLS).
 
+mod common;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::{
+    TestFrontend, WAIT, app, bounded, collect_response, http1_backend, instance, tcp_backend,
+    tls_client,
+};
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Either, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
-use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -24,17 +29,7 @@ use stamp_model::{
 use stamp_routes::RouteTable;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc, oneshot};
-use tokio::task::JoinHandle;
-
-/// Every wait in these tests is bounded by this, so a failure fails instead of hanging.
-const WAIT: Duration = Duration::from_secs(10);
-
-async fn bounded<F: Future>(what: &str, future: F) -> F::Output {
-    tokio::time::timeout(WAIT, future)
-        .await
-        .unwrap_or_else(|_| panic!("timed out: {what}"))
-}
+use tokio::sync::{Semaphore, mpsc};
 
 // ---------------------------------------------------------------------------------------------
 // Backends
@@ -53,34 +48,19 @@ struct TestBackend {
 
 impl TestBackend {
     async fn start(name: &str) -> TestBackend {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind backend");
-        let addr = listener.local_addr().expect("backend addr");
         let gate = Arc::new(Semaphore::new(0));
         let (arrived, arrivals) = mpsc::unbounded_channel();
         let name: Arc<str> = name.into();
         let shared_gate = Arc::clone(&gate);
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let name = Arc::clone(&name);
-                let gate = Arc::clone(&shared_gate);
-                let arrived = arrived.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |request| {
-                        backend_answer(
-                            Arc::clone(&name),
-                            Arc::clone(&gate),
-                            arrived.clone(),
-                            request,
-                        )
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
+        let addr = http1_backend(move |request| {
+            backend_answer(
+                Arc::clone(&name),
+                Arc::clone(&shared_gate),
+                arrived.clone(),
+                request,
+            )
+        })
+        .await;
         TestBackend {
             addr,
             gate,
@@ -232,54 +212,39 @@ async fn read_frame(stream: &mut (impl AsyncRead + Unpin)) -> Option<Vec<u8>> {
 /// message, then echoes every message. `GET /refuse` with an upgrade gets a 400 instead, and any
 /// request without one gets `200 <name>`; both close the connection after answering.
 async fn start_websocket_backend(name: &'static str) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let head = read_head(&mut stream).await.to_ascii_lowercase();
-                let upgrade = head.contains("\r\nupgrade: websocket\r\n")
-                    && head.contains("\r\nconnection: upgrade\r\n");
-                if !upgrade || head.starts_with("get /refuse ") {
-                    let (status, body) = if upgrade {
-                        ("400 Bad Request", "refused")
-                    } else {
-                        ("200 OK", name)
-                    };
-                    let response = format!(
-                        "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                        body.len()
-                    );
-                    let _ = stream.write_all(response.as_bytes()).await;
-                    return;
-                }
-                let _ = stream
-                    .write_all(
-                        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
-                          Connection: Upgrade\r\nSec-WebSocket-Accept: unchecked\r\n\r\n",
-                    )
-                    .await;
-                write_frame(&mut stream, name.as_bytes(), false).await;
-                while let Some(message) = read_frame(&mut stream).await {
-                    write_frame(&mut stream, &message, false).await;
-                }
-            });
+    tcp_backend(move |_, mut stream| async move {
+        let head = read_head(&mut stream).await.to_ascii_lowercase();
+        let upgrade = head.contains("\r\nupgrade: websocket\r\n")
+            && head.contains("\r\nconnection: upgrade\r\n");
+        if !upgrade || head.starts_with("get /refuse ") {
+            let (status, body) = if upgrade {
+                ("400 Bad Request", "refused")
+            } else {
+                ("200 OK", name)
+            };
+            let response = format!(
+                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(response.as_bytes()).await;
+            return;
         }
-    });
-    addr
+        let _ = stream
+            .write_all(
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+                          Connection: Upgrade\r\nSec-WebSocket-Accept: unchecked\r\n\r\n",
+            )
+            .await;
+        write_frame(&mut stream, name.as_bytes(), false).await;
+        while let Some(message) = read_frame(&mut stream).await {
+            write_frame(&mut stream, &message, false).await;
+        }
+    })
+    .await
 }
 
 // ---------------------------------------------------------------------------------------------
 // Routes
-
-fn app(name: &str) -> AppName {
-    AppName::parse(name).expect("valid app name")
-}
-
-fn instance(app_name: &str, worker: u32, state: InstanceState, port: u16) -> ObservedInstance {
-    let spec = stamp_model::fixtures::spec(app_name, worker, 1);
-    stamp_model::fixtures::observed(&format!("{app_name}-web-{worker}"), spec, state, port)
-}
 
 /// A table under `localhost`: each app with its site and ready instances at `addrs`, in that
 /// order (instance `<app>-web-<i>` on worker `i`).
@@ -325,44 +290,7 @@ fn rule(name: &str, priority: u32, action: AccessAction, network: &str) -> Acces
 // ---------------------------------------------------------------------------------------------
 // The front end and clients
 
-struct TestFrontend {
-    frontend: Frontend,
-    addr: SocketAddr,
-    shutdown: Option<oneshot::Sender<()>>,
-    serving: JoinHandle<std::io::Result<()>>,
-}
-
 impl TestFrontend {
-    async fn start(config: FrontendConfig, routes: RouteTable) -> TestFrontend {
-        let frontend = Frontend::new(config);
-        frontend.set_routes(routes);
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind front end");
-        let addr = listener.local_addr().expect("front end addr");
-        let (shutdown, stop) = oneshot::channel::<()>();
-        let serving = tokio::spawn({
-            let frontend = frontend.clone();
-            async move {
-                frontend
-                    .serve(listener, async move {
-                        let _ = stop.await;
-                    })
-                    .await
-            }
-        });
-        TestFrontend {
-            frontend,
-            addr,
-            shutdown: Some(shutdown),
-            serving,
-        }
-    }
-
-    async fn with_routes(routes: RouteTable) -> TestFrontend {
-        TestFrontend::start(FrontendConfig::default(), routes).await
-    }
-
     fn metrics(&self) -> String {
         let mut out = String::new();
         self.frontend.render_metrics(&mut out);
@@ -444,11 +372,7 @@ async fn send(
 }
 
 async fn collect(response: Response<Incoming>) -> Answer {
-    let (parts, body) = response.into_parts();
-    let body = bounded("a response body", body.collect())
-        .await
-        .expect("a whole body")
-        .to_bytes();
+    let (parts, body) = collect_response(response).await;
     Answer {
         status: parts.status,
         headers: parts.headers,
@@ -1037,23 +961,6 @@ async fn https_only_apps_redirect_plain_http() {
         let other = get(&client, fe.addr, "open.localhost", "/").await;
         assert_eq!(other.status, StatusCode::OK);
     }
-}
-
-/// A rustls client that trusts `leaf` (the front end's self-signed certificate).
-fn tls_client(leaf_pem: &str) -> tokio_rustls::TlsConnector {
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject;
-    let leaf = CertificateDer::from_pem_slice(leaf_pem.as_bytes()).expect("certificate PEM");
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(leaf).expect("a root");
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("versions")
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    tokio_rustls::TlsConnector::from(Arc::new(config))
 }
 
 #[tokio::test]

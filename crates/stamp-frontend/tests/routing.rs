@@ -2,16 +2,16 @@
 //! `staging` slot, each served by a tiny hyper backend on 127.0.0.1:0 that answers with its
 //! slot's name, and clients that carry (or not) the `x-ms-routing-name` cookie and query.
 
+mod common;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
+use common::{Scheme, bounded, collect_response, http1_backend, serve_frontend, tls_client};
 use http::{HeaderMap, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -19,38 +19,16 @@ use stamp_frontend::{Frontend, FrontendConfig};
 use stamp_model::fixtures::{observed, spec_in};
 use stamp_model::{AppName, InstanceState, Millis, SiteConfig, SlotName, WallClock};
 use stamp_routes::{RouteTable, SiteRoute};
-use tokio::net::{TcpListener, TcpStream};
-
-/// Every wait in these tests is bounded by this, so a failure fails instead of hanging.
-const WAIT: Duration = Duration::from_secs(10);
-
-async fn bounded<F: Future>(what: &str, future: F) -> F::Output {
-    tokio::time::timeout(WAIT, future)
-        .await
-        .unwrap_or_else(|_| panic!("timed out: {what}"))
-}
+use tokio::net::TcpStream;
 
 /// A backend that answers every request with `name`.
 async fn backend(name: &'static str) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind backend");
-    let addr = listener.local_addr().expect("backend addr");
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let service = service_fn(move |_: Request<Incoming>| async move {
-                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(
-                        name.as_bytes(),
-                    ))))
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    addr
+    http1_backend(move |_: Request<Incoming>| async move {
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(
+            name.as_bytes(),
+        ))))
+    })
+    .await
 }
 
 /// `hello` under `domain`: production (lane 0) at `production`, and `staging` (lane 1) with
@@ -104,11 +82,7 @@ fn table_with(
 async fn frontend(routes: RouteTable) -> SocketAddr {
     let frontend = Frontend::new(FrontendConfig::default());
     frontend.set_routes(routes);
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind front end");
-    let addr = listener.local_addr().expect("front end addr");
-    tokio::spawn(async move { frontend.serve(listener, std::future::pending()).await });
+    let (addr, _serving) = serve_frontend(&frontend, Scheme::Http, std::future::pending()).await;
     addr
 }
 
@@ -179,11 +153,7 @@ impl Clients {
 }
 
 async fn collect(response: Response<Incoming>) -> Answer {
-    let (parts, body) = response.into_parts();
-    let body = bounded("a response body", body.collect())
-        .await
-        .expect("a whole body")
-        .to_bytes();
+    let (parts, body) = collect_response(response).await;
     Answer {
         status: parts.status,
         headers: parts.headers,
@@ -399,9 +369,7 @@ async fn over_tls_the_routing_cookie_is_secure() {
     frontend
         .set_default_certificate(&cert, &key)
         .expect("a valid pair");
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move { frontend.serve_tls(listener, std::future::pending()).await });
+    let (addr, _serving) = serve_frontend(&frontend, Scheme::Https, std::future::pending()).await;
 
     let tcp = bounded("connect", TcpStream::connect(addr))
         .await
@@ -428,23 +396,6 @@ async fn over_tls_the_routing_cookie_is_secure() {
         answer.routing_cookie(),
         Some("x-ms-routing-name=staging; Max-Age=3600; Path=/; HttpOnly; Secure")
     );
-}
-
-/// A rustls client that trusts `leaf` (the front end's self-signed certificate).
-fn tls_client(leaf_pem: &str) -> tokio_rustls::TlsConnector {
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject;
-    let leaf = CertificateDer::from_pem_slice(leaf_pem.as_bytes()).expect("certificate PEM");
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(leaf).expect("a root");
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("versions")
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    tokio_rustls::TlsConnector::from(Arc::new(config))
 }
 
 #[tokio::test]

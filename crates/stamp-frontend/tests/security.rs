@@ -13,21 +13,21 @@
 //! unambiguously, or forward a clean re-framed message and close the client connection where
 //! the RFC says so.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use rustls::pki_types::{CertificateDer, ServerName};
+use common::{AcceptAnyCertificate, Scheme, WAIT, one_app, serve_frontend, tcp_backend};
+use rustls::pki_types::ServerName;
 use stamp_frontend::{Frontend, FrontendConfig};
 use stamp_model::{AppName, InstanceState, SiteConfig};
 use stamp_routes::RouteTable;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
-/// Every wait for something that should happen is bounded by this.
-const WAIT: Duration = Duration::from_secs(10);
 /// How long a test waits for the front end to close a connection it may or must close.
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
 /// After an exchange, time for anything the front end might still send on to reach the backend,
@@ -97,23 +97,15 @@ struct RecordingBackend {
 
 impl RecordingBackend {
     async fn start() -> RecordingBackend {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind backend");
-        let addr = listener.local_addr().expect("backend addr");
         let events = Arc::new(Mutex::new(Vec::new()));
         let raw = Arc::new(Mutex::new(BTreeMap::new()));
         let recorder = Recorder {
             events: Arc::clone(&events),
             raw: Arc::clone(&raw),
         };
-        tokio::spawn(async move {
-            let next_conn = AtomicUsize::new(0);
-            while let Ok((stream, _)) = listener.accept().await {
-                let conn = next_conn.fetch_add(1, Ordering::Relaxed);
-                tokio::spawn(backend_connection(conn, stream, recorder.clone()));
-            }
-        });
+        let addr =
+            tcp_backend(move |conn, stream| backend_connection(conn, stream, recorder.clone()))
+                .await;
         RecordingBackend { addr, events, raw }
     }
 
@@ -501,11 +493,7 @@ fn show(bytes: &[u8]) -> String {
 
 /// Routes `app.localhost` to the backend only; any other host is the front end's 404.
 fn routes(backend: SocketAddr) -> RouteTable {
-    let app = AppName::parse(APP).expect("valid app name");
-    let spec = stamp_model::fixtures::spec(APP, 0, 1);
-    let instance =
-        stamp_model::fixtures::observed("app-web-0", spec, InstanceState::Ready, backend.port());
-    RouteTable::build("localhost", &[(app, SiteConfig::default())], &[instance])
+    one_app("localhost", APP, backend)
 }
 
 struct Setup {
@@ -521,12 +509,8 @@ async fn setup_with(config: FrontendConfig) -> Setup {
     let backend = RecordingBackend::start().await;
     let frontend = Frontend::new(config);
     frontend.set_routes(routes(backend.addr));
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind front end");
-    let addr = listener.local_addr().expect("front end addr");
     // Serves until the test's runtime ends.
-    tokio::spawn(async move { frontend.serve(listener, std::future::pending()).await });
+    let (addr, _serving) = serve_frontend(&frontend, Scheme::Http, std::future::pending()).await;
     Setup {
         backend,
         frontend: addr,
@@ -1524,56 +1508,6 @@ async fn slowloris_is_cut_off_after_the_header_read_timeout() {
 // ---------------------------------------------------------------------------------------------
 // Tests: TLS
 
-/// Takes any certificate: these tests are about routing after the handshake, not trust.
-/// Signatures are still checked.
-#[derive(Debug)]
-struct AcceptAnyCertificate(Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for AcceptAnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
 /// A TLS connection to `addr` that sends `sni` in its ClientHello, speaking HTTP/1.1.
 async fn tls_connect(addr: SocketAddr, sni: &str) -> RawClient {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -1638,11 +1572,7 @@ async fn host_that_disagrees_with_sni_is_misdirected() {
     frontend
         .set_default_certificate(&cert_pem, &key_pem)
         .expect("the default certificate");
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind front end");
-    let addr = listener.local_addr().expect("front end addr");
-    tokio::spawn(async move { frontend.serve_tls(listener, std::future::pending()).await });
+    let (addr, _serving) = serve_frontend(&frontend, Scheme::Https, std::future::pending()).await;
 
     // Matching names reach the app.
     let mut client = tls_connect(addr, HOST).await;

@@ -3,50 +3,41 @@
 //! against a custom root store (to prove the served chain is valid for the name) or accept any
 //! certificate and report which one they got (to prove SNI selection).
 
+mod common;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::{
+    AcceptAnyCertificate, Scheme, bounded, collect_response, http1_backend, one_app, provider,
+    serve_until_stopped,
+};
 use http::{Request, Response, StatusCode, Version};
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::{Empty, Full};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{
-    ClientConfig, DigitallySignedStruct, HandshakeKind, ProtocolVersion, RootCertStore,
-    SignatureScheme, SupportedProtocolVersion,
+    ClientConfig, HandshakeKind, ProtocolVersion, RootCertStore, SupportedProtocolVersion,
 };
 use stamp_frontend::tls::{TlsError, inspect, self_signed};
 use stamp_frontend::{Frontend, FrontendConfig};
-use stamp_model::{
-    AppName, Certificate, InstanceState, Millis, SiteConfig, SystemClock, WallClock,
-};
+use stamp_model::{AppName, Certificate, Millis, SystemClock, WallClock};
 use stamp_routes::RouteTable;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-/// Every wait in these tests is bounded by this, so a failure fails instead of hanging.
-const WAIT: Duration = Duration::from_secs(10);
-
 /// The front end's domain: apps are `<app>.stamp.test`, the default certificate `*.stamp.test`.
 /// (Not `localhost`: clients refuse a wildcard with a single label after it, `*.localhost`.)
 const DOMAIN: &str = "stamp.test";
-
-async fn bounded<F: Future>(what: &str, future: F) -> F::Output {
-    tokio::time::timeout(WAIT, future)
-        .await
-        .unwrap_or_else(|_| panic!("timed out: {what}"))
-}
 
 /// Waits until the front end has counted `n` failed handshakes. The server may close the socket
 /// just before it counts, so a client cannot simply read the counter once it sees the close.
@@ -57,10 +48,6 @@ async fn wait_for_failures(frontend: &Frontend, n: u64) {
         }
     })
     .await;
-}
-
-fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -141,39 +128,22 @@ fn default_pair() -> Pair {
 
 /// A backend that answers with the request's version and headers, one per line.
 async fn start_backend() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind backend");
-    let addr = listener.local_addr().expect("backend addr");
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let service = service_fn(|request: Request<Incoming>| async move {
-                    let mut text = format!("backend {:?}\n", request.version());
-                    for (name, value) in request.headers() {
-                        text.push_str(&format!(
-                            "{name}: {}\n",
-                            String::from_utf8_lossy(value.as_bytes())
-                        ));
-                    }
-                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(text))))
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
+    http1_backend(|request: Request<Incoming>| async move {
+        let mut text = format!("backend {:?}\n", request.version());
+        for (name, value) in request.headers() {
+            text.push_str(&format!(
+                "{name}: {}\n",
+                String::from_utf8_lossy(value.as_bytes())
+            ));
         }
-    });
-    addr
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(text))))
+    })
+    .await
 }
 
 /// Routes `hello.stamp.test` to the backend at `addr`.
 fn routes(addr: SocketAddr) -> RouteTable {
-    let app = AppName::parse("hello").expect("app name");
-    let spec = stamp_model::fixtures::spec("hello", 0, 1);
-    let instance =
-        stamp_model::fixtures::observed("hello-web-0", spec, InstanceState::Ready, addr.port());
-    RouteTable::build(DOMAIN, &[(app, SiteConfig::default())], &[instance])
+    one_app(DOMAIN, "hello", addr)
 }
 
 struct TestFrontend {
@@ -194,21 +164,7 @@ impl TestFrontend {
         frontend
             .set_default_certificate(&default.cert_pem, &default.key_pem)
             .expect("default certificate accepted");
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind front end");
-        let addr = listener.local_addr().expect("front end addr");
-        let (shutdown, stop) = oneshot::channel::<()>();
-        let serving = tokio::spawn({
-            let frontend = frontend.clone();
-            async move {
-                frontend
-                    .serve_tls(listener, async move {
-                        let _ = stop.await;
-                    })
-                    .await
-            }
-        });
+        let (addr, shutdown, serving) = serve_until_stopped(&frontend, Scheme::Https).await;
         TestFrontend {
             frontend,
             addr,
@@ -240,56 +196,6 @@ impl TestFrontend {
 // ---------------------------------------------------------------------------------------------
 // Clients
 
-/// Accepts any certificate: for tests about which certificate is served, not whether it is
-/// trusted. Signatures are still checked, so the server proves it holds the key.
-#[derive(Debug)]
-struct AcceptAny(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for AcceptAny {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
 const ALL_VERSIONS: &[&SupportedProtocolVersion] =
     &[&rustls::version::TLS13, &rustls::version::TLS12];
 
@@ -318,7 +224,7 @@ fn curious_client() -> Arc<ClientConfig> {
         .with_protocol_versions(ALL_VERSIONS)
         .expect("versions")
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AcceptAny(provider())))
+        .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider())))
         .with_no_client_auth();
     Arc::new(config)
 }
@@ -373,15 +279,10 @@ impl Answer {
 }
 
 async fn answer(response: Response<Incoming>) -> Answer {
-    let status = response.status();
-    let version = response.version();
-    let body = bounded("the response body", response.into_body().collect())
-        .await
-        .expect("body")
-        .to_bytes();
+    let (parts, body) = collect_response(response).await;
     Answer {
-        status,
-        version,
+        status: parts.status,
+        version: parts.version,
         text: String::from_utf8_lossy(&body).into_owned(),
     }
 }
@@ -695,19 +596,7 @@ async fn a_client_that_never_completes_the_handshake_is_closed_after_the_header_
 #[tokio::test]
 async fn without_any_certificate_handshakes_fail_but_serving_goes_on() {
     let frontend = Frontend::new(FrontendConfig::default());
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let (shutdown, stop) = oneshot::channel::<()>();
-    let serving = tokio::spawn({
-        let frontend = frontend.clone();
-        async move {
-            frontend
-                .serve_tls(listener, async move {
-                    let _ = stop.await;
-                })
-                .await
-        }
-    });
+    let (addr, shutdown, serving) = serve_until_stopped(&frontend, Scheme::Https).await;
     let failed = connect(addr, &curious_client(), dns("hello.localhost")).await;
     assert!(failed.is_err(), "handshake succeeded without a certificate");
     wait_for_failures(&frontend, 1).await;

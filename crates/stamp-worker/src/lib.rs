@@ -20,6 +20,7 @@ mod leftovers;
 mod liveness;
 mod netlimit;
 mod pool;
+pub mod priority;
 mod process;
 mod sampler;
 mod sandbox;

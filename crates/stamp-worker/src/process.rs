@@ -336,12 +336,17 @@ fn describe(status: ExitStatus) -> String {
 fn confine(command: &mut Command, join: Vec<std::ffi::CString>, user: Option<AppUser>) {
     use nix::unistd::{Gid, Uid, setgid, setgroups, setuid};
     let agent = nix::unistd::getpid().as_raw();
+    let nice = crate::priority::app_nice();
     // SAFETY: the closure runs in the forked child before exec. It only makes async-signal-safe
-    // syscalls (open, write, close, setgroups, setgid, setuid, prctl, getppid) on data prepared
+    // syscalls (open, write, close, setpriority, setgroups, setgid, setuid, prctl, getppid) on data prepared
     // before the fork, and builds errors without allocating.
     unsafe {
         command.pre_exec(move || {
             crate::cgroup::join(&join)?;
+            // Apps run at Stamp's own starting priority, below its front end's.
+            if let Some(nice) = nice {
+                crate::priority::set_nice(0, nice)?;
+            }
             if let Some(user) = user {
                 let gid = Gid::from_raw(user.gid);
                 setgroups(&[gid])?;

@@ -29,6 +29,12 @@ use tokio::time::{Instant, MissedTickBehavior};
 /// re-read all of `/proc` in a loop and measure mostly the tick rounding.
 const MIN_INTERVAL: Duration = Duration::from_millis(100);
 
+/// How often the host's TCP socket table is read for the outbound-connection counts (in
+/// between, each instance keeps its last count). Reading `/proc/net/tcp` and `tcp6` walks the
+/// kernel's whole connection hash, several milliseconds of CPU each time on a machine with
+/// much memory, whatever the sampling interval; Azure reports the figure per minute.
+const SOCKETS_EVERY: Duration = Duration::from_secs(5);
+
 /// Owns the sampling loop. Ends when the agent task does (its observed state closes).
 pub(crate) struct SamplerTask {
     observed: watch::Receiver<Vec<ObservedInstance>>,
@@ -44,6 +50,10 @@ pub(crate) struct SamplerTask {
     groups: Groups,
     /// Outbound-connection warnings already given, per instance.
     warned: HashMap<InstanceId, Warned>,
+    /// Each instance's outbound connections when the socket table was last read (with the
+    /// process group counted, so a restart is counted afresh), and when that was.
+    outbound: HashMap<InstanceId, (i32, u32)>,
+    sockets_read: Option<Instant>,
     logs: LogBook,
 }
 
@@ -110,6 +120,8 @@ impl SamplerTask {
             baselines: HashMap::new(),
             groups,
             warned: HashMap::new(),
+            outbound: HashMap::new(),
+            sockets_read: None,
             logs,
         }
     }
@@ -156,6 +168,8 @@ impl SamplerTask {
             .retain(|id, b| targets.iter().any(|t| t.id == *id && t.pgid == b.pgid));
         self.warned
             .retain(|id, _| targets.iter().any(|t| t.id == *id));
+        self.outbound
+            .retain(|id, (pgid, _)| targets.iter().any(|t| t.id == *id && t.pgid == *pgid));
         if targets.is_empty() {
             self.usage.send_if_modified(|usage| {
                 let modified = !usage.is_empty();
@@ -170,14 +184,23 @@ impl SamplerTask {
             .iter()
             .filter_map(|t| Some((t.pgid, t.group.clone()?)))
             .collect();
+        // Also when an instance (or a restart) has no count yet.
+        let read_sockets = self
+            .sockets_read
+            .is_none_or(|at| at.elapsed() >= SOCKETS_EVERY)
+            || targets.iter().any(|t| !self.outbound.contains_key(&t.id));
         let scan = tokio::task::spawn_blocking(move || {
             let at = Instant::now();
             let mut found = scan(&groups);
             // Connections and accounting of the same moment as the process scan.
-            let sockets = SocketTable::read().unwrap_or_else(|e| {
-                tracing::debug!("cannot read the TCP socket table: {e}");
-                SocketTable::parse("", "")
-            });
+            // A table that cannot be read is tried again next round; counts stay as they were.
+            let sockets = read_sockets
+                .then(|| {
+                    SocketTable::read()
+                        .inspect_err(|e| tracing::debug!("cannot read the TCP socket table: {e}"))
+                        .ok()
+                })
+                .flatten();
             for (pgid, cgroup) in cgroups {
                 if let Some(g) = found.get_mut(&pgid) {
                     g.cgroup = cgroup.usage();
@@ -202,6 +225,9 @@ impl SamplerTask {
             }
         };
         let at_ms = self.clock.now().0;
+        if sockets.is_some() {
+            self.sockets_read = Some(at);
+        }
 
         let mut usage = Vec::with_capacity(targets.len());
         for target in targets {
@@ -211,8 +237,16 @@ impl SamplerTask {
                 self.baselines.remove(&target.id);
                 continue;
             };
-            let outbound = conns::count_outbound(&sockets, &group.sockets_of, &[target.port]);
-            self.warn_outbound(&target, outbound);
+            let outbound = match &sockets {
+                Some(sockets) => {
+                    let count = conns::count_outbound(sockets, &group.sockets_of, &[target.port]);
+                    self.outbound
+                        .insert(target.id.clone(), (target.pgid, count));
+                    self.warn_outbound(&target, count);
+                    count
+                }
+                None => self.outbound.get(&target.id).map_or(0, |&(_, count)| count),
+            };
             let now = Baseline {
                 pgid: target.pgid,
                 at,

@@ -62,6 +62,12 @@ pub struct UpArgs {
     /// quotas. For tests only: lets a quota run out in seconds.
     #[arg(long, default_value_t = 60_000, hide = true)]
     cpu_minute_ms: u64,
+    /// Nice value of Stamp itself (front end, agent, controller), -20 to 19. App instances run
+    /// at the value Stamp was started with, so by default the front end is ahead of the apps it
+    /// serves and is not preempted by them on a shared core. Lowering it needs root or
+    /// CAP_SYS_NICE; without, Stamp runs on at the priority it has.
+    #[arg(long, default_value_t = -10, allow_negative_numbers = true)]
+    nice: i32,
 }
 
 /// Files `stamp up` keeps in the data directory.
@@ -281,6 +287,39 @@ fn protect_data_dir(data: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Puts Stamp at `nice` and its app instances at the value it was started with (see
+/// `stamp_worker::priority`).
+fn set_priority(nice: i32) {
+    use stamp_worker::priority;
+    let started = match priority::own_nice() {
+        Ok(started) => started,
+        Err(error) => {
+            tracing::warn!(%error, "cannot read Stamp's priority; leaving it as it is");
+            return;
+        }
+    };
+    if started == nice {
+        return;
+    }
+    match priority::set_own_nice(nice, started) {
+        // Ahead of the apps: they are put back at the starting value, which a child may always
+        // do (a higher nice value needs no privilege).
+        Ok(()) if nice < started => {
+            priority::set_app_nice(started);
+            tracing::info!(
+                nice,
+                apps = started,
+                "Stamp runs at nice {nice}, app instances at {started}"
+            );
+        }
+        // Behind its starting value: the apps stay with Stamp, as a child could not go back up.
+        Ok(()) => tracing::info!(nice, "Stamp and its app instances run at nice {nice}"),
+        Err(error) => {
+            tracing::warn!(%error, nice, "cannot change Stamp's priority (needs root or CAP_SYS_NICE); the front end runs at the apps' priority");
+        }
+    }
+}
+
 pub async fn run(global: &Global, args: UpArgs) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -310,6 +349,13 @@ pub async fn run(global: &Global, args: UpArgs) -> anyhow::Result<()> {
     if args.max_upload_mib == 0 {
         bail!("--max-upload-mib must be at least 1");
     }
+    if !(-20..=19).contains(&args.nice) {
+        bail!(
+            "--nice must be from -20 (highest priority) to 19; got {}",
+            args.nice
+        );
+    }
+    set_priority(args.nice);
 
     let data = global.data_dir();
     for sub in ["", "artifacts", "logs", "worker", "tmp"] {
