@@ -63,6 +63,19 @@ const UNTRUSTED_CLAIMS: [HeaderName; 5] = [
     HeaderName::from_static("client-ip"),
 ];
 
+/// The headers `Forwarding::apply` sets afresh (or removes) whatever the client sent under
+/// those names. The fast path drops the client's copies by this list.
+const SET_BY_FRONT_END: [HeaderName; 8] = [
+    HOST,
+    forwarded::X_FORWARDED_FOR,
+    X_FORWARDED_PROTO,
+    X_APPSERVICE_PROTO,
+    X_FORWARDED_TLS_VERSION,
+    X_FORWARDED_HOST,
+    X_ORIGINAL_URL,
+    X_REQUEST_ID,
+];
+
 /// The largest request head (request line and headers) a client may send; beyond it hyper
 /// answers `431 Request Header Fields Too Large`. nginx's default is 4 × 8 KiB.
 pub(crate) const MAX_HEADER_BYTES: usize = 64 * 1024;

@@ -559,6 +559,7 @@ fn vet<'h>(request: &httparse::Request<'_, 'h>, head: &[u8]) -> Option<Vetted<'h
     let mut host = None;
     let mut request_id = None;
     let mut request_id_seen = false;
+    let mut zero_length = false;
     let mut close = false;
     for header in request.headers.iter() {
         let name = header.name;
@@ -572,9 +573,11 @@ fn vet<'h>(request: &httparse::Request<'_, 'h>, head: &[u8]) -> Option<Vetted<'h
             }
             host = Some(value);
         } else if name.eq_ignore_ascii_case("content-length") {
-            if header.value != b"0" {
+            // One, and zero: a body, or a second length, is hyper's to judge.
+            if header.value != b"0" || zero_length {
                 return None;
             }
+            zero_length = true;
         } else if name.eq_ignore_ascii_case("transfer-encoding")
             || name.eq_ignore_ascii_case("upgrade")
             || name.eq_ignore_ascii_case("expect")
@@ -596,14 +599,6 @@ fn vet<'h>(request: &httparse::Request<'_, 'h>, head: &[u8]) -> Option<Vetted<'h
             request_id = id.filter(super::is_valid_request_id);
         }
     }
-    let content_lengths = request
-        .headers
-        .iter()
-        .filter(|h| h.name.eq_ignore_ascii_case("content-length"))
-        .count();
-    if content_lengths > 1 {
-        return None;
-    }
     Some(Vetted {
         host: host?,
         request_id,
@@ -615,24 +610,12 @@ fn vet<'h>(request: &httparse::Request<'_, 'h>, head: &[u8]) -> Option<Vetted<'h
 /// Whether a client's header is passed on as it is. The rest are hop-by-hop, named with an
 /// underscore, claims only a trusted proxy may make, or the front end's own (set afresh).
 fn forwarded_as_is(name: &str) -> bool {
-    const DROPPED: [&str; 12] = [
-        "forwarded",
-        "x-real-ip",
-        "x-forwarded-port",
-        "x-client-ip",
-        "client-ip",
-        "x-forwarded-for",
-        "x-forwarded-proto",
-        "x-appservice-proto",
-        "x-forwarded-tlsversion",
-        "x-forwarded-host",
-        "x-original-url",
-        "host",
-    ];
     !name.contains('_')
-        && !name.eq_ignore_ascii_case("x-request-id")
-        && !is_hop_by_hop(name)
-        && !DROPPED.iter().any(|d| d.eq_ignore_ascii_case(name))
+        && !super::HOP_BY_HOP
+            .iter()
+            .chain(&super::UNTRUSTED_CLAIMS)
+            .chain(&super::SET_BY_FRONT_END)
+            .any(|h| h.as_str().eq_ignore_ascii_case(name))
 }
 
 /// `super::HOP_BY_HOP`, by name as it came.
