@@ -4,8 +4,10 @@
 //!
 //! An instance is its process group (the agent starts each in its own, with the group id equal
 //! to the leader's pid, which [`ObservedInstance::pid`] holds), so every process of the group
-//! counts, including the children a `sh -c` command forks. CPU is the increase of the group's
-//! cumulative CPU counters between two samples over the time between them
+//! counts, including the children a `sh -c` command forks; where the host has control groups,
+//! an instance is its control group's members instead (every descendant, whatever its process
+//! group), and CPU and memory come from the group's accounting. CPU is the increase of the
+//! group's cumulative CPU counters between two samples over the time between them
 //! ([`stamp_model::usage::group_ticks`]); an instance therefore appears from its second sample
 //! on. Memory is the group's resident set. Processes that vanish between the listing of the
 //! instances and the reading of `/proc` are simply not there: an instance whose group is gone
@@ -179,11 +181,8 @@ impl SamplerTask {
             return;
         }
 
-        let groups: HashSet<i32> = targets.iter().map(|t| t.pgid).collect();
-        let cgroups: Vec<(i32, InstanceGroup)> = targets
-            .iter()
-            .filter_map(|t| Some((t.pgid, t.group.clone()?)))
-            .collect();
+        let groups: Vec<(i32, Option<InstanceGroup>)> =
+            targets.iter().map(|t| (t.pgid, t.group.clone())).collect();
         // Also when an instance (or a restart) has no count yet.
         let read_sockets = self
             .sockets_read
@@ -191,7 +190,7 @@ impl SamplerTask {
             || targets.iter().any(|t| !self.outbound.contains_key(&t.id));
         let scan = tokio::task::spawn_blocking(move || {
             let at = Instant::now();
-            let mut found = scan(&groups);
+            let mut found = read_groups(groups);
             // Connections and accounting of the same moment as the process scan.
             // A table that cannot be read is tried again next round; counts stay as they were.
             let sockets = read_sockets
@@ -201,12 +200,6 @@ impl SamplerTask {
                         .ok()
                 })
                 .flatten();
-            for (pgid, cgroup) in cgroups {
-                if let Some(g) = found.get_mut(&pgid) {
-                    g.cgroup = cgroup.usage();
-                    g.cgroup_pids = cgroup.pids();
-                }
-            }
             for g in found.values_mut() {
                 g.sockets_of = if g.cgroup_pids.is_empty() {
                     g.processes.iter().map(|p| p.pid).collect()
@@ -355,13 +348,46 @@ struct Group {
     sockets_of: Vec<u32>,
 }
 
+/// The processes of each instance (keyed by its process group id), with its control group's
+/// accounting when it has one. Blocking.
+///
+/// An instance with a control group is its members (`cgroup.procs`, which sees every
+/// descendant, whatever its process group): only their `stat` files are read. The others are
+/// found by [`scan`], which reads every process on the machine, and only when there is any.
+fn read_groups(groups: Vec<(i32, Option<InstanceGroup>)>) -> HashMap<i32, Group> {
+    let mut found = HashMap::new();
+    let mut unknown = HashSet::new();
+    for (pgid, cgroup) in groups {
+        // No pids: no control group, cgroup.procs unreadable, or every process gone; the scan
+        // tells which.
+        let pids = cgroup.as_ref().map(InstanceGroup::pids).unwrap_or_default();
+        if pids.is_empty() {
+            unknown.insert(pgid);
+            continue;
+        }
+        let mut group = Group::default();
+        for &pid in &pids {
+            if let Some(stat) = Stat::read(pid) {
+                group.add(pid, &stat);
+            }
+        }
+        group.cgroup = cgroup.and_then(|c| c.usage());
+        group.cgroup_pids = pids;
+        found.insert(pgid, group);
+    }
+    if !unknown.is_empty() {
+        found.extend(scan(&unknown));
+    }
+    found
+}
+
 /// Every process of the given process groups, from `/proc/<pid>/stat`. Blocking.
 ///
 /// Cost: a group's members are known only by their pgid (children are not tracked as they fork,
 /// and may be reparented), so all of `/proc` is listed and every process's `stat` read once per
 /// tick: one open and one small read per process on the machine, about 25 µs each on a small
 /// VM, so some 25 ms of one core per tick on a machine running a thousand processes, spent on a
-/// blocking thread. Nothing is read while no instance runs.
+/// blocking thread. Used only for instances without a control group.
 fn scan(groups: &HashSet<i32>) -> HashMap<i32, Group> {
     let mut found: HashMap<i32, Group> = HashMap::new();
     let Ok(proc) = std::fs::read_dir("/proc") else {
@@ -375,27 +401,27 @@ fn scan(groups: &HashSet<i32>) -> HashMap<i32, Group> {
         else {
             continue;
         };
-        // A process that exits meanwhile has no stat any more: it is just not counted.
-        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        let Some(stat) = Stat::read(pid) else {
             continue;
         };
-        let Some(stat) = Stat::parse(&text) else {
-            continue;
-        };
-        if !groups.contains(&stat.pgrp) {
-            continue;
+        if groups.contains(&stat.pgrp) {
+            found.entry(stat.pgrp).or_default().add(pid, &stat);
         }
-        let group = found.entry(stat.pgrp).or_default();
-        group.processes.push(ProcessCpu {
+    }
+    found
+}
+
+impl Group {
+    fn add(&mut self, pid: u32, stat: &Stat) {
+        self.processes.push(ProcessCpu {
             pid,
             ppid: stat.ppid,
             start: stat.start,
             ticks: stat.ticks,
         });
-        group.rss_pages = group.rss_pages.saturating_add(stat.rss_pages);
-        group.live |= !stat.zombie;
+        self.rss_pages = self.rss_pages.saturating_add(stat.rss_pages);
+        self.live |= !stat.zombie;
     }
-    found
 }
 
 /// The fields of `/proc/<pid>/stat` the sampler needs.
@@ -412,6 +438,11 @@ struct Stat {
 }
 
 impl Stat {
+    /// `None` for a process that has exited meanwhile (it is just not counted).
+    fn read(pid: u32) -> Option<Stat> {
+        Stat::parse(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+    }
+
     /// Parses `pid (comm) state ppid pgrp ...` (see proc(5)). The command name may hold spaces
     /// and parentheses, so the fields are counted from the last `)`.
     fn parse(text: &str) -> Option<Stat> {
@@ -495,5 +526,15 @@ mod tests {
         assert!(group.processes.iter().any(|p| p.pid == std::process::id()));
         // A test binary holds at least a few pages.
         assert!(group.rss_pages > 0);
+    }
+
+    #[test]
+    fn a_group_without_a_control_group_is_found_by_the_scan() {
+        let pgid = nix::unistd::getpgrp().as_raw();
+        let found = read_groups(vec![(pgid, None), (i32::MAX, None)]);
+        let group = found.get(&pgid).expect("the test's own process group");
+        assert!(group.live && group.cgroup.is_none() && group.cgroup_pids.is_empty());
+        assert!(group.processes.iter().any(|p| p.pid == std::process::id()));
+        assert!(!found.contains_key(&i32::MAX), "no such group");
     }
 }
