@@ -992,7 +992,7 @@ fn with_hint(e: &io::Error) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::os::unix::process::{CommandExt as _, ExitStatusExt as _};
     use std::process::{Child, ExitStatus, Stdio};
 
@@ -1000,14 +1000,14 @@ mod tests {
 
     /// A test's own agent, whose groups are killed and removed when it drops, even after a
     /// failed assertion.
-    struct TestAgent {
+    pub(crate) struct TestAgent {
         name: String,
-        cgroups: Cgroups,
+        pub(crate) cgroups: Cgroups,
     }
 
     impl TestAgent {
         /// `None`, with the reason printed, where cgroups are not usable (not root, no cgroups).
-        fn new(test: &str) -> Option<TestAgent> {
+        pub(crate) fn new(test: &str) -> Option<TestAgent> {
             let name = format!("test-{test}-{}", std::process::id());
             let cgroups = Cgroups::detect(&name);
             if !cgroups.enabled() {
@@ -1040,7 +1040,7 @@ mod tests {
         unsafe_code,
         reason = "pre_exec is how a child joins its cgroup before exec"
     )]
-    fn spawn_in(instance: &InstanceGroup, script: &str) -> Child {
+    pub(crate) fn spawn_in(instance: &InstanceGroup, script: &str) -> Child {
         let files = instance.join_files();
         let mut command = std::process::Command::new("/bin/sh");
         command
@@ -1070,7 +1070,7 @@ mod tests {
         }
     }
 
-    fn wait_until(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
+    pub(crate) fn wait_until(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
         let deadline = Instant::now() + within;
         while !done() {
             assert!(Instant::now() < deadline, "{what}: not after {within:?}");

@@ -183,6 +183,7 @@ impl SamplerTask {
 
         let groups: Vec<(i32, Option<InstanceGroup>)> =
             targets.iter().map(|t| (t.pgid, t.group.clone())).collect();
+        let ports: Vec<(i32, u16)> = targets.iter().map(|t| (t.pgid, t.port)).collect();
         // Also when an instance (or a restart) has no count yet.
         let read_sockets = self
             .sockets_read
@@ -200,17 +201,19 @@ impl SamplerTask {
                         .ok()
                 })
                 .flatten();
-            for g in found.values_mut() {
-                g.sockets_of = if g.cgroup_pids.is_empty() {
-                    g.processes.iter().map(|p| p.pid).collect()
-                } else {
-                    g.cgroup_pids.clone()
-                };
+            // Each process's descriptors are listed here too: blocking reads of /proc.
+            if let Some(sockets) = &sockets {
+                for (pgid, port) in ports {
+                    if let Some(g) = found.get_mut(&pgid) {
+                        let pids: Vec<u32> = g.processes.iter().map(|p| p.pid).collect();
+                        g.outbound = Some(conns::count_outbound(sockets, &pids, &[port]));
+                    }
+                }
             }
-            (at, found, sockets)
+            (at, found, sockets.is_some())
         })
         .await;
-        let (at, mut found, sockets) = match scan {
+        let (at, mut found, sockets_read) = match scan {
             Ok(scan) => scan,
             Err(e) => {
                 tracing::warn!("failed to sample the instances' CPU and memory: {e}");
@@ -218,7 +221,7 @@ impl SamplerTask {
             }
         };
         let at_ms = self.clock.now().0;
-        if sockets.is_some() {
+        if sockets_read {
             self.sockets_read = Some(at);
         }
 
@@ -230,9 +233,8 @@ impl SamplerTask {
                 self.baselines.remove(&target.id);
                 continue;
             };
-            let outbound = match &sockets {
-                Some(sockets) => {
-                    let count = conns::count_outbound(sockets, &group.sockets_of, &[target.port]);
+            let outbound = match group.outbound {
+                Some(count) => {
                     self.outbound
                         .insert(target.id.clone(), (target.pgid, count));
                     self.warn_outbound(&target, count);
@@ -332,7 +334,7 @@ impl System {
     }
 }
 
-/// The processes of one process group at one moment.
+/// The processes of one instance at one moment: its process group, or its control group.
 #[derive(Debug, Default)]
 struct Group {
     processes: Vec<ProcessCpu>,
@@ -341,11 +343,8 @@ struct Group {
     live: bool,
     /// The instance's control group accounting, when it has one.
     cgroup: Option<crate::cgroup::Usage>,
-    /// The processes of the control group (empty without one).
-    cgroup_pids: Vec<u32>,
-    /// Whose sockets count as the instance's: the control group's processes, else the
-    /// process group's.
-    sockets_of: Vec<u32>,
+    /// Its outbound connections, counted when the socket table was read this round.
+    outbound: Option<u32>,
 }
 
 /// The processes of each instance (keyed by its process group id), with its control group's
@@ -372,7 +371,6 @@ fn read_groups(groups: Vec<(i32, Option<InstanceGroup>)>) -> HashMap<i32, Group>
             }
         }
         group.cgroup = cgroup.and_then(|c| c.usage());
-        group.cgroup_pids = pids;
         found.insert(pgid, group);
     }
     if !unknown.is_empty() {
@@ -533,8 +531,41 @@ mod tests {
         let pgid = nix::unistd::getpgrp().as_raw();
         let found = read_groups(vec![(pgid, None), (i32::MAX, None)]);
         let group = found.get(&pgid).expect("the test's own process group");
-        assert!(group.live && group.cgroup.is_none() && group.cgroup_pids.is_empty());
+        assert!(group.live && group.cgroup.is_none());
         assert!(group.processes.iter().any(|p| p.pid == std::process::id()));
         assert!(!found.contains_key(&i32::MAX), "no such group");
+    }
+
+    #[test]
+    fn a_control_group_is_its_members_whatever_their_process_group() {
+        use crate::cgroup::Limits;
+        use crate::cgroup::tests::{TestAgent, spawn_in, wait_until};
+        let Some(agent) = TestAgent::new("sampler") else {
+            return;
+        };
+        let limits = Limits {
+            millicores: 1000,
+            memory_mib: 256,
+        };
+        let worker = agent.cgroups.create_worker("small-1", &limits).unwrap();
+        let instance = worker.create_instance("web").unwrap();
+        // A child that leaves for a session (and process group) of its own, and the shell.
+        let mut child = spawn_in(&instance, "setsid sleep 30 & exec sleep 30");
+        wait_until(
+            "both processes in the group",
+            Duration::from_secs(5),
+            || instance.pids().len() >= 2,
+        );
+        // The shell is not a group leader: no process has its pid as process group, so only
+        // the control group can find them.
+        let key = i32::try_from(child.id()).unwrap();
+        let found = read_groups(vec![(key, Some(instance.clone()))]);
+        let group = found.get(&key).expect("found through its control group");
+        let mut pids: Vec<u32> = group.processes.iter().map(|p| p.pid).collect();
+        pids.sort_unstable();
+        assert_eq!(pids, instance.pids());
+        assert!(group.live && group.cgroup.is_some() && group.rss_pages > 0);
+        let _ = child.kill();
+        let _ = child.wait();
     }
 }
