@@ -13,7 +13,7 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::time::Instant;
 
@@ -230,13 +230,33 @@ impl StdError for BodyError {
     }
 }
 
+/// How long the front end goes on reading, and throwing away, an HTTP/1 request body it refused
+/// as too large. A client that is still sending when the `413` is written would otherwise have
+/// its connection reset under it and never read why; nginx's lingering close does the same.
+const LINGER: Duration = Duration::from_secs(10);
+
+/// Reads the rest of a refused HTTP/1 body in the background, for at most [`LINGER`], then lets
+/// the connection go. HTTP/2 bodies are left alone: dropping one resets only its stream.
+pub(crate) fn linger(body: Incoming, version: http::Version) {
+    if version >= http::Version::HTTP_2 {
+        return;
+    }
+    tokio::spawn(async move {
+        let mut body = body;
+        let drain = async { while let Some(Ok(_)) = body.frame().await {} };
+        let _ = tokio::time::timeout(LINGER, drain).await;
+    });
+}
+
 /// What the front end sends an instance: nothing (so the request can be sent again to another
 /// instance) or the client's body, streamed once, counted, and cut at the size limit.
 #[derive(Debug)]
 pub(crate) enum RequestBody {
     Empty,
     Streaming {
-        body: Incoming,
+        /// `None` once cut at the limit: the rest is being read by [`linger`].
+        body: Option<Incoming>,
+        version: http::Version,
         limit: u64,
         received: u64,
         instance: Arc<Instance>,
@@ -273,17 +293,24 @@ impl Body for RequestBody {
         match self.get_mut() {
             RequestBody::Empty => Poll::Ready(None),
             RequestBody::Streaming {
-                body,
+                body: slot,
+                version,
                 limit,
                 received,
                 ..
             } => {
+                let Some(body) = slot else {
+                    return Poll::Ready(Some(Err(BodyError::TooLarge)));
+                };
                 let frame = ready!(Pin::new(body).poll_frame(cx));
                 if let Some(Ok(frame)) = &frame
                     && let Some(data) = frame.data_ref()
                 {
                     *received += data.len() as u64;
                     if *received > *limit {
+                        if let Some(body) = slot.take() {
+                            linger(body, *version);
+                        }
                         return Poll::Ready(Some(Err(BodyError::TooLarge)));
                     }
                 }
@@ -295,14 +322,16 @@ impl Body for RequestBody {
     fn is_end_stream(&self) -> bool {
         match self {
             RequestBody::Empty => true,
-            RequestBody::Streaming { body, .. } => body.is_end_stream(),
+            RequestBody::Streaming { body, .. } => body.as_ref().is_none_or(Body::is_end_stream),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             RequestBody::Empty => SizeHint::with_exact(0),
-            RequestBody::Streaming { body, .. } => body.size_hint(),
+            RequestBody::Streaming { body, .. } => body
+                .as_ref()
+                .map_or(SizeHint::with_exact(0), Body::size_hint),
         }
     }
 }

@@ -35,7 +35,7 @@ use tokio::time::Instant;
 
 use crate::FrontendConfig;
 use crate::affinity::{self, AffinityCookie, AffinityKey};
-use crate::body::{RequestBody, ResponseBody, Target, Tracker, is_too_large};
+use crate::body::{self, RequestBody, ResponseBody, Target, Tracker, is_too_large};
 use crate::conn::ConnInfo;
 use crate::error::{FrontendError, PageContext, error_response};
 use crate::forwarded;
@@ -492,6 +492,8 @@ impl Inner {
             return refused;
         }
         if request.body().size_hint().lower() > self.config.max_request_body {
+            let version = request.version();
+            body::linger(request.into_body(), version);
             return self.app_error(FrontendError::RequestTooLarge, cx, start);
         }
         if route.backends.is_empty() || cx.state.instances.is_empty() {
@@ -649,7 +651,8 @@ impl Inner {
                 let uri = Uri::from_parts(uri).map_err(|_| FrontendError::Internal)?;
                 let mut upstream = Request::new(match body.take() {
                     Some(body) => RequestBody::Streaming {
-                        body,
+                        body: Some(body),
+                        version: parts.version,
                         limit: self.config.max_request_body,
                         received: 0,
                         instance: Arc::clone(instance),

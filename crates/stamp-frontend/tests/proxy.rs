@@ -1195,6 +1195,65 @@ async fn request_bodies_over_the_limit_get_413_before_reaching_the_instance() {
     assert_eq!(chunked.header("x-stamp-error"), Some("request-too-large"));
 }
 
+/// A client still sending a body the front end refused, declared too large or cut at the limit
+/// on the way, finishes sending and reads the `413`: its connection is not reset under it.
+#[tokio::test]
+async fn a_client_still_sending_a_refused_body_reads_the_413() {
+    let hello = TestBackend::start("hello-0").await;
+    let fe = TestFrontend::start(
+        FrontendConfig {
+            max_request_body: 1024 * 1024,
+            ..FrontendConfig::default()
+        },
+        table(&[("hello", &[hello.addr])]),
+    )
+    .await;
+    let half = vec![b'x'; 2 * 1024 * 1024];
+    let declared = format!(
+        "POST /count HTTP/1.1\r\nHost: hello.localhost\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n",
+        2 * half.len()
+    );
+    let chunk = format!("{:x}\r\n", half.len());
+    let chunked = "POST /count HTTP/1.1\r\nHost: hello.localhost\r\n\
+                   Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
+    for (what, first, second) in [
+        (
+            "declared",
+            [declared.as_bytes(), &half].concat(),
+            half.clone(),
+        ),
+        (
+            "chunked",
+            [chunked.as_bytes(), chunk.as_bytes(), &half, b"\r\n"].concat(),
+            [chunk.as_bytes(), &half, b"\r\n0\r\n\r\n"].concat(),
+        ),
+    ] {
+        let mut stream = bounded("connect", TcpStream::connect(fe.addr))
+            .await
+            .unwrap();
+        bounded("the first half", stream.write_all(&first))
+            .await
+            .unwrap_or_else(|e| panic!("{what}: the first half: {e}"));
+        // Long enough for the front end to have refused it.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        bounded("the second half", stream.write_all(&second))
+            .await
+            .unwrap_or_else(|e| panic!("{what}: the second half: {e}"));
+        let mut answer = Vec::new();
+        bounded("the answer", stream.read_to_end(&mut answer))
+            .await
+            .unwrap_or_else(|e| panic!("{what}: the answer: {e}"));
+        let answer = parse_answer(&String::from_utf8_lossy(&answer));
+        assert_eq!(answer.status, StatusCode::PAYLOAD_TOO_LARGE, "{what}");
+        assert_eq!(
+            answer.header("x-stamp-error"),
+            Some("request-too-large"),
+            "{what}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn request_heads_over_64_kib_get_431() {
     let hello = TestBackend::start("hello-0").await;

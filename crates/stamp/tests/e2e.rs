@@ -428,6 +428,12 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
         .count();
     assert_eq!(blobs, 1);
 
+    // A client still sending an oversized upload after the refusal is ready gets to finish and
+    // read it, rather than a reset connection (which the CLI reports as a broken pipe).
+    let refusal = upload_in_two_halves(&s, 4 * 1024 * 1024).await;
+    assert!(refusal.starts_with("HTTP/1.1 413"), "{refusal}");
+    assert!(refusal.contains("1 MiB"), "{refusal}");
+
     // The API wants a token; the CLI says what to do without one.
     let http = reqwest::Client::new();
     let r = http
@@ -460,6 +466,39 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
     assert_eq!(r.status(), 404);
     assert_eq!(r.headers()["x-stamp-error"], "no-such-app");
     s.stop().await;
+}
+
+/// Posts a deploy of `len` bytes over a raw connection: half, a pause long enough for the API
+/// to have refused it, then the rest. Returns what the API answered, or panics naming the write
+/// or read that failed.
+async fn upload_in_two_halves(s: &Stamp, len: usize) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let token = std::fs::read_to_string(s.data.join("admin-token")).unwrap();
+    let addr = s.api.trim_start_matches("http://");
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /api/v1/apps/hello/deploy HTTP/1.1\r\nHost: {addr}\r\n\
+         Authorization: Bearer {}\r\nContent-Type: application/octet-stream\r\n\
+         Content-Length: {len}\r\nConnection: close\r\n\r\n",
+        token.trim()
+    );
+    let half = vec![b'x'; len / 2];
+    async fn send(conn: &mut tokio::net::TcpStream, bytes: &[u8], what: &str) {
+        tokio::time::timeout(Duration::from_secs(20), conn.write_all(bytes))
+            .await
+            .unwrap_or_else(|_| panic!("{what}: timed out"))
+            .unwrap_or_else(|e| panic!("{what}: {e}"))
+    }
+    send(&mut conn, head.as_bytes(), "the head").await;
+    send(&mut conn, &half, "the first half").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    send(&mut conn, &half, "the second half").await;
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), conn.read_to_end(&mut answer))
+        .await
+        .expect("the answer: timed out")
+        .expect("the answer");
+    String::from_utf8_lossy(&answer).into_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
