@@ -2,8 +2,6 @@
 //! `{"error": {"code", "message"}}`. Handlers validate at the edge, take the writer lock for
 //! changes, write the store, then [`Controller::sync`].
 
-use std::time::Duration;
-
 use axum::body::Body;
 use axum::extract::{FromRequest, Path, Query, Request, State};
 use axum::http::{StatusCode, header};
@@ -1344,18 +1342,6 @@ async fn remove_certificate(
 
 // ---- deploy and releases
 
-/// How long the rest of a refused upload is read and thrown away, as nginx's lingering close
-/// does, so the client finishes sending and then reads the refusal. A client still sending
-/// after this gets its connection closed.
-const LINGER: Duration = Duration::from_secs(10);
-
-async fn linger<E>(body: &mut (impl futures_util::Stream<Item = Result<bytes::Bytes, E>> + Unpin)) {
-    let _ = tokio::time::timeout(LINGER, async {
-        while let Some(Ok(_)) = body.next().await {}
-    })
-    .await;
-}
-
 async fn deploy(
     State(c): State<Controller>,
     caller: Caller,
@@ -1373,12 +1359,9 @@ async fn deploy(
     while let Some(chunk) = stream.next().await {
         let chunk =
             chunk.map_err(|e| ApiError::invalid(format!("the upload was interrupted: {e}")))?;
-        if let Err(e) = writer.write(&chunk) {
-            // Answering now would close the connection under a client that is still sending:
-            // its next write fails with a broken pipe and it never reads why.
-            linger(&mut stream).await;
-            return Err(e.into());
-        }
+        // Past the limit the answer goes out at once; `stamp up` serves the API with
+        // `stamp_frontend::Lingering` bodies, so the rest is read and thrown away.
+        writer.write(&chunk)?;
     }
     let (digest, size) = tokio::task::spawn_blocking(move || writer.finish())
         .await

@@ -230,22 +230,103 @@ impl StdError for BodyError {
     }
 }
 
-/// How long the front end goes on reading, and throwing away, an HTTP/1 request body it refused
-/// as too large. A client that is still sending when the `413` is written would otherwise have
-/// its connection reset under it and never read why; nginx's lingering close does the same.
+/// How long the rest of an HTTP/1 request body that was not read to its end is read, and
+/// thrown away, after the answer: refused as too large, answered by the front end itself (no
+/// such app, access denied, no ready instance), or left when the instance failed. A client that
+/// is still sending when the answer is written would otherwise have its connection reset under
+/// it (the server closed with unread bytes) and never read why; nginx's lingering close does
+/// the same.
 const LINGER: Duration = Duration::from_secs(10);
 
-/// Reads the rest of a refused HTTP/1 body in the background, for at most [`LINGER`], then lets
-/// the connection go. HTTP/2 bodies are left alone: dropping one resets only its stream.
-pub(crate) fn linger(body: Incoming, version: http::Version) {
-    if version >= http::Version::HTTP_2 {
-        return;
+/// A request body that, dropped before its end, hands the rest of an HTTP/1 body to a task that
+/// reads it for at most [`LINGER`]. HTTP/2 bodies are left alone: dropping one resets only its
+/// stream. The front end wraps every client's body in one; `stamp up` wraps the API's too.
+#[derive(Debug)]
+pub struct Lingering<B>
+where
+    B: Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Send,
+{
+    body: Option<B>,
+    version: http::Version,
+    /// It yielded its end (or an error): nothing left to read.
+    done: bool,
+}
+
+/// A client's body, as the front end reads it.
+pub(crate) type ClientBody = Lingering<Incoming>;
+
+impl<B> Lingering<B>
+where
+    B: Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Send,
+{
+    /// `version` is the request's: only HTTP/1 bodies linger.
+    pub fn new(body: B, version: http::Version) -> Lingering<B> {
+        Lingering {
+            body: Some(body),
+            version,
+            done: false,
+        }
     }
-    tokio::spawn(async move {
-        let mut body = body;
-        let drain = async { while let Some(Ok(_)) = body.frame().await {} };
-        let _ = tokio::time::timeout(LINGER, drain).await;
-    });
+}
+
+impl<B> Body for Lingering<B>
+where
+    B: Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Send,
+{
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        let Some(body) = self.body.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let frame = ready!(Pin::new(body).poll_frame(cx));
+        if !matches!(frame, Some(Ok(_))) {
+            self.done = true;
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done || self.body.as_ref().is_none_or(Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body
+            .as_ref()
+            .map_or(SizeHint::with_exact(0), Body::size_hint)
+    }
+}
+
+impl<B> Drop for Lingering<B>
+where
+    B: Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Send,
+{
+    fn drop(&mut self) {
+        if self.version >= http::Version::HTTP_2 || self.is_end_stream() {
+            return;
+        }
+        let (Some(mut body), Ok(runtime)) =
+            (self.body.take(), tokio::runtime::Handle::try_current())
+        else {
+            return;
+        };
+        runtime.spawn(async move {
+            let drain = async { while let Some(Ok(_)) = body.frame().await {} };
+            let _ = tokio::time::timeout(LINGER, drain).await;
+        });
+    }
 }
 
 /// What the front end sends an instance: nothing (so the request can be sent again to another
@@ -254,9 +335,7 @@ pub(crate) fn linger(body: Incoming, version: http::Version) {
 pub(crate) enum RequestBody {
     Empty,
     Streaming {
-        /// `None` once cut at the limit: the rest is being read by [`linger`].
-        body: Option<Incoming>,
-        version: http::Version,
+        body: ClientBody,
         limit: u64,
         received: u64,
         instance: Arc<Instance>,
@@ -293,24 +372,20 @@ impl Body for RequestBody {
         match self.get_mut() {
             RequestBody::Empty => Poll::Ready(None),
             RequestBody::Streaming {
-                body: slot,
-                version,
+                body,
                 limit,
                 received,
                 ..
             } => {
-                let Some(body) = slot else {
+                if *received > *limit {
                     return Poll::Ready(Some(Err(BodyError::TooLarge)));
-                };
+                }
                 let frame = ready!(Pin::new(body).poll_frame(cx));
                 if let Some(Ok(frame)) = &frame
                     && let Some(data) = frame.data_ref()
                 {
                     *received += data.len() as u64;
                     if *received > *limit {
-                        if let Some(body) = slot.take() {
-                            linger(body, *version);
-                        }
                         return Poll::Ready(Some(Err(BodyError::TooLarge)));
                     }
                 }
@@ -322,16 +397,14 @@ impl Body for RequestBody {
     fn is_end_stream(&self) -> bool {
         match self {
             RequestBody::Empty => true,
-            RequestBody::Streaming { body, .. } => body.as_ref().is_none_or(Body::is_end_stream),
+            RequestBody::Streaming { body, .. } => body.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             RequestBody::Empty => SizeHint::with_exact(0),
-            RequestBody::Streaming { body, .. } => body
-                .as_ref()
-                .map_or(SizeHint::with_exact(0), Body::size_hint),
+            RequestBody::Streaming { body, .. } => body.size_hint(),
         }
     }
 }

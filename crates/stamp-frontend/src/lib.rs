@@ -35,6 +35,7 @@ use std::time::Duration;
 use stamp_routes::RouteTable;
 use tokio::net::TcpListener;
 
+pub use body::Lingering;
 pub use error::{Fault, FrontendError, X_STAMP_ERROR};
 pub use metrics::AppMetrics;
 pub use tls::{CertInfo, TlsError};

@@ -35,7 +35,7 @@ use tokio::time::Instant;
 
 use crate::FrontendConfig;
 use crate::affinity::{self, AffinityCookie, AffinityKey};
-use crate::body::{self, RequestBody, ResponseBody, Target, Tracker, is_too_large};
+use crate::body::{ClientBody, RequestBody, ResponseBody, Target, Tracker, is_too_large};
 use crate::conn::ConnInfo;
 use crate::error::{FrontendError, PageContext, error_response};
 use crate::forwarded;
@@ -374,6 +374,8 @@ impl Inner {
         conn: &ConnInfo,
     ) -> Response<ResponseBody> {
         let start = Instant::now();
+        let version = request.version();
+        let request = request.map(|body| ClientBody::new(body, version));
         let request_id = match request.headers().get(&X_REQUEST_ID) {
             Some(id) if is_valid_request_id(id) => id.clone(),
             _ => new_request_id(),
@@ -385,7 +387,7 @@ impl Inner {
 
     async fn route(
         &self,
-        request: Request<Incoming>,
+        request: Request<ClientBody>,
         conn: &ConnInfo,
         start: Instant,
         request_id: &HeaderValue,
@@ -461,7 +463,7 @@ impl Inner {
     fn gate(
         &self,
         cx: &AppCx<'_>,
-        request: &Request<Incoming>,
+        request: &Request<ClientBody>,
         forwarding: &Forwarding<'_>,
         start: Instant,
     ) -> Option<Response<ResponseBody>> {
@@ -483,7 +485,7 @@ impl Inner {
     async fn serve_app(
         &self,
         cx: &AppCx<'_>,
-        request: Request<Incoming>,
+        request: Request<ClientBody>,
         forwarding: Forwarding<'_>,
         start: Instant,
     ) -> Response<ResponseBody> {
@@ -492,8 +494,6 @@ impl Inner {
             return refused;
         }
         if request.body().size_hint().lower() > self.config.max_request_body {
-            let version = request.version();
-            body::linger(request.into_body(), version);
             return self.app_error(FrontendError::RequestTooLarge, cx, start);
         }
         if route.backends.is_empty() || cx.state.instances.is_empty() {
@@ -567,7 +567,7 @@ impl Inner {
     /// path and query over HTTPS.
     fn redirect_to_https(
         &self,
-        request: &Request<Incoming>,
+        request: &Request<ClientBody>,
         cx: &AppCx<'_>,
         start: Instant,
     ) -> Response<ResponseBody> {
@@ -607,7 +607,7 @@ impl Inner {
     async fn forward(
         &self,
         cx: &AppCx<'_>,
-        mut request: Request<Incoming>,
+        mut request: Request<ClientBody>,
         fwd: Forwarding<'_>,
         start: Instant,
     ) -> Result<Response<ResponseBody>, FrontendError> {
@@ -651,8 +651,7 @@ impl Inner {
                 let uri = Uri::from_parts(uri).map_err(|_| FrontendError::Internal)?;
                 let mut upstream = Request::new(match body.take() {
                     Some(body) => RequestBody::Streaming {
-                        body: Some(body),
-                        version: parts.version,
+                        body,
                         limit: self.config.max_request_body,
                         received: 0,
                         instance: Arc::clone(instance),

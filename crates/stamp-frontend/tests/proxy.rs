@@ -1195,10 +1195,11 @@ async fn request_bodies_over_the_limit_get_413_before_reaching_the_instance() {
     assert_eq!(chunked.header("x-stamp-error"), Some("request-too-large"));
 }
 
-/// A client still sending a body the front end refused, declared too large or cut at the limit
-/// on the way, finishes sending and reads the `413`: its connection is not reset under it.
+/// A client still sending a body the front end refused (declared too large, cut at the limit
+/// on the way, or for an app that does not exist) finishes sending and reads the answer: its
+/// connection is not reset under it.
 #[tokio::test]
-async fn a_client_still_sending_a_refused_body_reads_the_413() {
+async fn a_client_still_sending_a_refused_body_reads_the_answer() {
     let hello = TestBackend::start("hello-0").await;
     let fe = TestFrontend::start(
         FrontendConfig {
@@ -1209,24 +1210,37 @@ async fn a_client_still_sending_a_refused_body_reads_the_413() {
     )
     .await;
     let half = vec![b'x'; 2 * 1024 * 1024];
-    let declared = format!(
-        "POST /count HTTP/1.1\r\nHost: hello.localhost\r\nContent-Length: {}\r\n\
-         Connection: close\r\n\r\n",
-        2 * half.len()
-    );
+    let declared = |host: &str| {
+        format!(
+            "POST /count HTTP/1.1\r\nHost: {host}\r\nContent-Length: {}\r\n\
+             Connection: close\r\n\r\n",
+            2 * half.len()
+        )
+    };
     let chunk = format!("{:x}\r\n", half.len());
     let chunked = "POST /count HTTP/1.1\r\nHost: hello.localhost\r\n\
                    Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
-    for (what, first, second) in [
+    for (what, first, second, status, error) in [
         (
-            "declared",
-            [declared.as_bytes(), &half].concat(),
+            "declared too large",
+            [declared("hello.localhost").as_bytes(), &half].concat(),
             half.clone(),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request-too-large",
         ),
         (
-            "chunked",
+            "chunked, cut at the limit",
             [chunked.as_bytes(), chunk.as_bytes(), &half, b"\r\n"].concat(),
             [chunk.as_bytes(), &half, b"\r\n0\r\n\r\n"].concat(),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request-too-large",
+        ),
+        (
+            "no such app",
+            [declared("nope.localhost").as_bytes(), &half].concat(),
+            half.clone(),
+            StatusCode::NOT_FOUND,
+            "no-such-app",
         ),
     ] {
         let mut stream = bounded("connect", TcpStream::connect(fe.addr))
@@ -1245,12 +1259,8 @@ async fn a_client_still_sending_a_refused_body_reads_the_413() {
             .await
             .unwrap_or_else(|e| panic!("{what}: the answer: {e}"));
         let answer = parse_answer(&String::from_utf8_lossy(&answer));
-        assert_eq!(answer.status, StatusCode::PAYLOAD_TOO_LARGE, "{what}");
-        assert_eq!(
-            answer.header("x-stamp-error"),
-            Some("request-too-large"),
-            "{what}"
-        );
+        assert_eq!(answer.status, status, "{what}");
+        assert_eq!(answer.header("x-stamp-error"), Some(error), "{what}");
     }
 }
 

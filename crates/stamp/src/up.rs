@@ -12,7 +12,7 @@ use anyhow::{Context, bail};
 use stamp_artifact::BlobStore;
 use stamp_controller::autoscale::{AppCounters, WorkerUsage};
 use stamp_controller::{CertSummary, Controller, ControllerConfig, FrontEnd, Node};
-use stamp_frontend::{Frontend, FrontendConfig};
+use stamp_frontend::{Frontend, FrontendConfig, Lingering};
 use stamp_logs::LogBook;
 use stamp_model::sku::Capacity;
 use stamp_model::{
@@ -464,7 +464,8 @@ pub async fn run(global: &Global, args: UpArgs) -> anyhow::Result<()> {
         async move { f.serve_tls(https_listener, stop).await }
     });
     let api_task = tokio::spawn({
-        let app = stamp_controller::api::router(controller.clone());
+        let app = stamp_controller::api::router(controller.clone())
+            .layer(axum::middleware::map_request(lingering));
         let stop = stopped(stop_rx.clone());
         async move {
             axum::serve(api_listener, app)
@@ -544,6 +545,14 @@ pub async fn run(global: &Global, args: UpArgs) -> anyhow::Result<()> {
 
 /// How long open API requests may take to finish when the stamp stops.
 const API_SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The API's request bodies linger as the front end's do: an answer given before the body
+/// was read (a deploy to an unknown app, a wrong token, an upload over the limit) reaches a
+/// client that is still sending instead of a reset connection.
+async fn lingering(request: axum::extract::Request) -> axum::extract::Request {
+    let version = request.version();
+    request.map(|body| axum::body::Body::new(Lingering::new(body, version)))
+}
 
 async fn wait_for_signal() -> anyhow::Result<()> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

@@ -428,11 +428,23 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
         .count();
     assert_eq!(blobs, 1);
 
-    // A client still sending an oversized upload after the refusal is ready gets to finish and
-    // read it, rather than a reset connection (which the CLI reports as a broken pipe).
-    let refusal = upload_in_two_halves(&s, 4 * 1024 * 1024).await;
-    assert!(refusal.starts_with("HTTP/1.1 413"), "{refusal}");
-    assert!(refusal.contains("1 MiB"), "{refusal}");
+    // A client still sending an upload after the refusal is ready gets to finish and read it,
+    // rather than a reset connection (which the CLI reports as a broken pipe): over the limit,
+    // to an app that does not exist, with a wrong token.
+    let token = std::fs::read_to_string(data.join("admin-token")).unwrap();
+    let token = token.trim();
+    for (app, token, status, needle) in [
+        ("hello", token, "413", "1 MiB"),
+        ("nope", token, "404", "nope"),
+        ("hello", "wrong", "401", "token"),
+    ] {
+        let refusal = upload_in_two_halves(&s.api, app, token, 4 * 1024 * 1024).await;
+        assert!(
+            refusal.starts_with(&format!("HTTP/1.1 {status}")),
+            "{refusal}"
+        );
+        assert!(refusal.contains(needle), "{refusal}");
+    }
 
     // The API wants a token; the CLI says what to do without one.
     let http = reqwest::Client::new();
@@ -468,19 +480,17 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
     s.stop().await;
 }
 
-/// Posts a deploy of `len` bytes over a raw connection: half, a pause long enough for the API
-/// to have refused it, then the rest. Returns what the API answered, or panics naming the write
-/// or read that failed.
-async fn upload_in_two_halves(s: &Stamp, len: usize) -> String {
+/// Posts a deploy of `len` bytes to `app` over a raw connection: half, a pause long enough for
+/// the API to have refused it, then the rest. Returns what the API answered, or panics naming
+/// the write or read that failed.
+async fn upload_in_two_halves(api: &str, app: &str, token: &str, len: usize) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let token = std::fs::read_to_string(s.data.join("admin-token")).unwrap();
-    let addr = s.api.trim_start_matches("http://");
+    let addr = api.trim_start_matches("http://");
     let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
     let head = format!(
-        "POST /api/v1/apps/hello/deploy HTTP/1.1\r\nHost: {addr}\r\n\
-         Authorization: Bearer {}\r\nContent-Type: application/octet-stream\r\n\
-         Content-Length: {len}\r\nConnection: close\r\n\r\n",
-        token.trim()
+        "POST /api/v1/apps/{app}/deploy HTTP/1.1\r\nHost: {addr}\r\n\
+         Authorization: Bearer {token}\r\nContent-Type: application/octet-stream\r\n\
+         Content-Length: {len}\r\nConnection: close\r\n\r\n"
     );
     let half = vec![b'x'; len / 2];
     async fn send(conn: &mut tokio::net::TcpStream, bytes: &[u8], what: &str) {
