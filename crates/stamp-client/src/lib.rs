@@ -17,8 +17,17 @@ pub enum ClientError {
         code: String,
         message: String,
     },
-    #[error("cannot reach the Stamp API at {url}: {source}; is `stamp up` running?")]
+    /// No connection could be made. The cause is the error's source (printed by `{:#}`).
+    #[error("cannot reach the Stamp API at {url}; is `stamp up` running?")]
     Unreachable {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    /// A connection was made, but the exchange failed on the way: reset, closed, timed out, or
+    /// a request body that could not be read.
+    #[error("the request to the Stamp API at {url} failed")]
+    Failed {
         url: String,
         #[source]
         source: reqwest::Error,
@@ -71,9 +80,13 @@ impl Client {
             .bearer_auth(&self.token)
             .send()
             .await
-            .map_err(|source| ClientError::Unreachable {
-                url: self.base.clone(),
-                source,
+            .map_err(|source| {
+                let url = self.base.clone();
+                if source.is_connect() {
+                    ClientError::Unreachable { url, source }
+                } else {
+                    ClientError::Failed { url, source }
+                }
             })?;
         if resp.status().is_success() {
             return Ok(resp);
@@ -592,7 +605,9 @@ where
 
 #[cfg(test)]
 mod tests {
-    use super::seg;
+    use std::error::Error as _;
+
+    use super::{Client, ClientError, seg};
 
     #[test]
     fn names_stay_one_path_segment() {
@@ -605,5 +620,55 @@ mod tests {
         assert_eq!(seg(".."), None);
         assert_eq!(seg("."), None);
         assert_eq!(seg(""), None);
+    }
+
+    /// The whole chain, as the CLI prints it (`{:#}` of anyhow).
+    fn chain(e: &ClientError) -> String {
+        let mut text = e.to_string();
+        let mut source = e.source();
+        while let Some(cause) = source {
+            text.push_str(&format!(": {cause}"));
+            source = cause.source();
+        }
+        text
+    }
+
+    #[tokio::test]
+    async fn no_listener_is_unreachable_and_a_dropped_connection_is_not() {
+        // A port that was just free: nothing listens on it.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let closed = listener.local_addr().unwrap();
+        drop(listener);
+        let e = Client::new(&format!("http://{closed}"), "t")
+            .status()
+            .await
+            .unwrap_err();
+        assert!(matches!(e, ClientError::Unreachable { .. }), "{e:?}");
+        let text = chain(&e);
+        assert!(text.contains("is `stamp up` running?"), "{text}");
+        // The cause is told once, by the source, not again in the message.
+        assert_eq!(text.matches("error sending request").count(), 1, "{text}");
+
+        // A server that takes the connection and closes it without an answer.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (conn, _) = listener.accept().await.unwrap();
+            drop(conn);
+        });
+        let e = Client::new(&format!("http://{addr}"), "t")
+            .status()
+            .await
+            .unwrap_err();
+        server.await.unwrap();
+        assert!(matches!(e, ClientError::Failed { .. }), "{e:?}");
+        let text = chain(&e);
+        assert!(
+            text.starts_with(&format!(
+                "the request to the Stamp API at http://{addr} failed"
+            )),
+            "{text}"
+        );
+        assert!(!text.contains("is `stamp up` running"), "{text}");
     }
 }
