@@ -377,9 +377,6 @@ impl Body for RequestBody {
                 received,
                 ..
             } => {
-                if *received > *limit {
-                    return Poll::Ready(Some(Err(BodyError::TooLarge)));
-                }
                 let frame = ready!(Pin::new(body).poll_frame(cx));
                 if let Some(Ok(frame)) = &frame
                     && let Some(data) = frame.data_ref()

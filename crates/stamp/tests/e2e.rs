@@ -422,11 +422,6 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
     }
     assert_eq!(s.json(&["plan", "show", "p"]).await["workers"], 1);
     assert_eq!(s.json(&["app", "list"]).await.as_array().unwrap().len(), 1);
-    // Rejected uploads leave no artifact behind: only v1's.
-    let blobs = std::fs::read_dir(data.join("artifacts/sha256"))
-        .unwrap()
-        .count();
-    assert_eq!(blobs, 1);
 
     // A client still sending an upload after the refusal is ready gets to finish and read it,
     // rather than a reset connection (which the CLI reports as a broken pipe): over the limit,
@@ -445,6 +440,19 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
         );
         assert!(refusal.contains(needle), "{refusal}");
     }
+    // Rejected uploads, from the CLI above and raw here, leave no artifact behind: only v1's.
+    let blobs = std::fs::read_dir(data.join("artifacts/sha256"))
+        .unwrap()
+        .count();
+    assert_eq!(blobs, 1, "a refused upload left an artifact behind");
+    assert_eq!(
+        s.json(&["releases", "hello"])
+            .await
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
 
     // The API wants a token; the CLI says what to do without one.
     let http = reqwest::Client::new();
